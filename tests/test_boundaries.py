@@ -1,0 +1,33 @@
+"""Import boundaries between the three packages, checked in a fresh interpreter each.
+
+The model is plain PyTorch (no DeepSpeed, Beam or training code); the trainer never pulls in Beam; the data
+pipeline never pulls in the model or the trainer; the shard format and manifest need numpy only.
+"""
+import subprocess
+import sys
+
+import pytest
+
+CASES = [
+    ("pipeline.shards", ["torch", "apache_beam", "sentencepiece", "model", "launch"]),
+    ("pipeline.manifest", ["numpy", "torch", "apache_beam", "model", "launch"]),
+    ("pipeline.filters", ["torch", "apache_beam", "model", "launch"]),
+    ("pipeline.documents", ["torch", "apache_beam", "model", "launch"]),
+    ("pipeline.prepare", ["torch", "model", "launch", "deepspeed"]),
+    ("model.decoder", ["deepspeed", "apache_beam", "transformers", "launch", "pipeline"]),
+    ("model.generate", ["deepspeed", "apache_beam", "launch", "pipeline"]),
+    ("model.export", ["deepspeed", "apache_beam", "launch", "pipeline"]),
+    ("launch.data", ["apache_beam", "deepspeed"]),
+    ("launch.train", ["apache_beam", "mpi4py"]),
+]
+
+
+@pytest.mark.parametrize("module, forbidden", CASES, ids=[c[0] for c in CASES])
+def test_import_does_not_pull_in(module, forbidden):
+    code = (
+        f"import sys, importlib; importlib.import_module({module!r}); "
+        f"print(sorted(m for m in {forbidden!r} if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]", f"{module} imports {out.stdout.strip()}"

@@ -1,0 +1,389 @@
+"""Train the decoder under DeepSpeed (ZeRO 0-3, bf16) on a prepared data directory; resumes automatically.
+
+One process per device. Any of these starts it (`DS_ACCELERATOR=cpu` runs on CPU with the gloo backend)::
+
+    # one plain process (no launcher, no mpi4py): CPU or one GPU
+    DS_ACCELERATOR=cpu python -m launch.train --data data/ --config launch/configs/tiny.json \\
+        --ds-config ds_configs/zero3_bf16.json --out runs/tiny
+    # torchrun, 2 processes (2 CPU processes here, or 2 GPUs)
+    torchrun --standalone --nproc_per_node 2 -m launch.train --data data/ --config launch/configs/tiny.json \\
+        --ds-config ds_configs/zero3_bf16.json --out runs/tiny --set steps=50
+    # DeepSpeed's launcher
+    deepspeed --num_gpus 8 --module launch.train --data data/ --config launch/configs/125m.json \\
+        --ds-config ds_configs/zero3_bf16.json --out runs/125m
+    # SLURM: one task per GPU; RANK/LOCAL_RANK/WORLD_SIZE come from SLURM_PROCID/SLURM_LOCALID/SLURM_NTASKS,
+    # MASTER_ADDR/MASTER_PORT from the caller (launch/slurm.sh)
+    srun python -m launch.train ...
+
+Exit status: 0 when `steps` are done; 75 when stopped by SIGUSR1 or SIGTERM (any rank) after a checkpoint --
+run the same command again to continue from it. Start-up always resumes from the newest complete checkpoint in
+--out; the continuation is bit-identical to an uninterrupted run at the same world size.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import random
+import shutil
+import signal
+import socket
+import sys
+import time
+import warnings
+
+import numpy as np
+import torch
+
+from launch.checkpoint import find_resume_point, load, prepare_resume, save
+from launch.config import (TrainConfig, deepspeed_config, load_config, merge_ds, offloads_optimizer,
+                           zero_stage)
+from launch.data import RankLoader, SampleStream, open_split, rank_batch
+from launch.metrics import MetricsLogger
+from model.decoder import Decoder, DecoderConfig, count_params, flops_per_token
+from pipeline.manifest import MANIFEST_NAME, load_manifest
+from pipeline.shards import sha256_file
+
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again"; SLURM scripts requeue on it
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--data", required=True, help="prepared data directory (manifest.json, tokenizer.model, shards)")
+    p.add_argument("--config", required=True, help="run config JSON, e.g. launch/configs/tiny.json")
+    p.add_argument("--ds-config", required=True, help="DeepSpeed JSON, e.g. ds_configs/zero3_bf16.json")
+    p.add_argument("--out", required=True, help="run directory: configs, metrics.jsonl, checkpoints/")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a run config key (dotted for model fields: model.n_layers=4); repeatable")
+    p.add_argument("--allow-data-change", action="store_true",
+                   help="resume even though the tokenizer or data manifest differs from the checkpoint's")
+    p.add_argument("--dist-timeout", type=float, default=1800.0,
+                   help="seconds a collective may wait for a peer before the run fails (default 1800)")
+    # DeepSpeed's launcher appends --local_rank=N; LOCAL_RANK in the environment says the same.
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------------------------- environment
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def distributed_env(environ=os.environ) -> tuple[int, int, int]:
+    """(rank, local_rank, world_size), filling the torch.distributed variables in `environ` where missing.
+
+    torchrun and DeepSpeed's launcher set RANK/LOCAL_RANK/WORLD_SIZE/MASTER_*; under srun they come from
+    SLURM's variables (MASTER_ADDR/MASTER_PORT must be exported by the caller); with none of them this is a
+    single plain process on a free local port.
+    """
+    if "RANK" not in environ and "SLURM_PROCID" in environ:
+        environ["RANK"] = environ["SLURM_PROCID"]
+        environ["LOCAL_RANK"] = environ.get("SLURM_LOCALID", "0")
+        environ["WORLD_SIZE"] = environ.get("SLURM_STEP_NUM_TASKS", environ.get("SLURM_NTASKS", "1"))
+        missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in environ]
+        if missing and environ["WORLD_SIZE"] != "1":
+            raise ValueError(f"running under SLURM without {missing}: export MASTER_ADDR=$(scontrol show hostnames "
+                             "\"$SLURM_JOB_NODELIST\" | head -n1) and MASTER_PORT=<free port> before srun "
+                             "(launch/slurm.sh does this)")
+    if "RANK" not in environ:
+        environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+    if "WORLD_SIZE" not in environ:
+        raise ValueError("RANK is set but WORLD_SIZE is not: start with torchrun, deepspeed or srun, or unset RANK")
+    environ.setdefault("LOCAL_RANK", "0")
+    if environ["WORLD_SIZE"] == "1":
+        environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        environ.setdefault("MASTER_PORT", str(_free_port()))
+    return int(environ["RANK"]), int(environ["LOCAL_RANK"]), int(environ["WORLD_SIZE"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class StopFlag:
+    """Set by SIGUSR1/SIGTERM; the loop checks it (agreed across ranks) after each optimizer step."""
+
+    def __init__(self):
+        self.requested = False
+        self.signal_name = None
+
+    def install(self) -> None:
+        for sig in (signal.SIGUSR1, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+
+
+# ------------------------------------------------------------------------------------------------ the model
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: decay on weight matrices; none on norms, embeddings or any 1-D parameter.
+
+    Under ZeRO-3 the local tensors are empty partitions, so shapes come from `ds_shape`.
+    """
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        shape = getattr(p, "ds_shape", p.shape)
+        lowered = name.lower()
+        (no_decay if len(shape) < 2 or "norm" in lowered or "embed" in lowered else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(groups: list[dict], cfg: TrainConfig, ds: dict):
+    """torch AdamW (decoupled decay): runs on CPU and GPU and ZeRO 0-3 accept it. Under optimizer offload,
+    DeepSpeedCPUAdam in AdamW mode (the same update, vectorized on the host; compiled on first use)."""
+    kwargs = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+    if offloads_optimizer(ds):
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(groups, adamw_mode=True, **kwargs)
+    return torch.optim.AdamW(groups, **kwargs)
+
+
+def build_model(model_cfg: DecoderConfig, ds: dict, seed: int) -> Decoder:
+    """Same seed on every rank, so every rank builds identical weights (ZeRO-3 also broadcasts rank 0's)."""
+    import deepspeed
+
+    seed_everything(seed)
+    if zero_stage(ds) == 3:
+        # Each module's parameters are partitioned as soon as it is constructed: no rank ever holds the model.
+        with deepspeed.zero.Init(config_dict_or_path=ds):
+            return Decoder(model_cfg)
+    return Decoder(model_cfg)
+
+
+# ------------------------------------------------------------------------------------------------ run dir
+
+def _write_json(path: str, obj: dict) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def data_hashes(data_dir: str, manifest: dict) -> dict:
+    return {"tokenizer_sha256": manifest["tokenizer"]["sha256"],
+            "manifest_sha256": sha256_file(os.path.join(data_dir, MANIFEST_NAME))}
+
+
+def check_resume(point, cfg: TrainConfig, model_cfg: DecoderConfig, hashes: dict, allow_data_change: bool,
+                 run_dir: str) -> None:
+    """Refuse to continue a checkpoint with a different model, batch or (unless allowed) data."""
+    where = f"resuming {point.path}"
+    stored = point.client_state
+    saved_model = dict(stored.get("model_config") or {})
+    ours = model_cfg.to_dict()
+    # Recomputation does not change the weights; everything else does.
+    diff = sorted(k for k in set(saved_model) | set(ours)
+                  if k != "activation_checkpointing" and saved_model.get(k) != ours.get(k))
+    if saved_model and diff:
+        raise ValueError(f"{where}: the model differs from the checkpoint's in {diff} "
+                         f"(checkpoint {[saved_model.get(k) for k in diff]}, now {[ours.get(k) for k in diff]}); "
+                         f"use the original config, or a new --out instead of {run_dir}")
+    if point.consumed_samples != point.step * cfg.global_batch:
+        raise ValueError(f"{where}: {point.consumed_samples} samples were consumed in {point.step} steps, which does "
+                         f"not match global_batch={cfg.global_batch}; resume with the checkpoint's global_batch="
+                         f"{point.consumed_samples // max(point.step, 1)}")
+    for key, value in hashes.items():
+        if stored.get(key) not in (None, value) and not allow_data_change:
+            raise ValueError(f"{where}: {key} of the data directory ({value[:12]}...) differs from the checkpoint's "
+                             f"({stored[key][:12]}...); the run would continue on different data. Pass "
+                             "--allow-data-change to do so deliberately, or point --data at the original directory")
+
+
+def prepare_run_dir(run_dir: str, data_dir: str, manifest: dict, cfg: TrainConfig, model_cfg: DecoderConfig,
+                    ds: dict) -> None:
+    """Rank 0: resolved configs and the tokenizer, so export/generation need only the run directory."""
+    os.makedirs(run_dir, exist_ok=True)
+    resolved = cfg.to_dict()
+    resolved["model"] = dict(resolved["model"], vocab_size=model_cfg.vocab_size)
+    _write_json(os.path.join(run_dir, "config.json"), resolved)
+    _write_json(os.path.join(run_dir, "ds_config.json"), ds)
+    src = os.path.join(data_dir, manifest["tokenizer"]["path"])
+    if os.path.isfile(src):
+        tmp = os.path.join(run_dir, f"tokenizer.model.tmp-{os.getpid()}")
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, os.path.join(run_dir, "tokenizer.model"))
+    else:
+        print(f"warning: {src} not found; export and generation will need --tokenizer", flush=True)
+
+
+# ----------------------------------------------------------------------------------------------- the loop
+
+def evaluate(engine, stream: SampleStream, cfg: TrainConfig, rank: int, world_size: int, device) -> float:
+    """Mean loss over the first eval_batches global batches of `stream` (each rank its slice, then all-reduced)."""
+    engine.eval()
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
+    with torch.no_grad():
+        for b in range(cfg.eval_batches):
+            for inputs, targets in rank_batch(stream, b, cfg.global_batch, cfg.micro_batch, rank, world_size):
+                total += engine(inputs.to(device), targets.to(device)).double()
+                count += 1
+    torch.distributed.all_reduce(total)
+    engine.train()
+    return total.item() / (count * world_size)
+
+
+def _grad_norm(engine) -> float | None:
+    norm = engine.get_global_grad_norm()
+    if norm is None:
+        return None
+    return float(norm.item() if torch.is_tensor(norm) else norm)
+
+
+def train(args, cfg: TrainConfig, model_cfg: DecoderConfig, ds: dict, point, hashes: dict, rank: int,
+          world_size: int, train_stream: SampleStream, val_stream: SampleStream | None) -> int:
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    model = build_model(model_cfg, ds, cfg.seed)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=build_optimizer(
+        param_groups(model, cfg.weight_decay), cfg, ds), config=ds)
+    device = engine.device
+    if rank == 0:
+        print(f"model: {count_params(model_cfg) / 1e6:.2f}M params | world {world_size} | ZeRO-{zero_stage(ds)} | "
+              f"global batch {cfg.global_batch} x {cfg.seq_len} tokens | micro {cfg.micro_batch} x "
+              f"{ds['gradient_accumulation_steps']} accumulation | device {get_accelerator().device_name()}",
+              flush=True)
+
+    start_step = 0
+    if point is not None:
+        load(engine, point)
+        start_step = point.step
+        if rank == 0:
+            print(f"resumed from {point.path} at step {start_step} ({point.consumed_samples} samples)", flush=True)
+    else:
+        # Ranks draw from their own RNG streams from here on (the model is dropout-free; this is for whatever
+        # stochastic piece comes later). On resume the checkpoint restored them instead.
+        seed_everything(cfg.seed * 1_000_003 + rank + 1)
+
+    metrics = MetricsLogger(args.out, rank, cfg.steps, flops_per_token(model_cfg, cfg.seq_len), world_size,
+                            cfg.log_every)
+    if rank == 0:
+        metrics.truncate_after(start_step)  # a fresh run over an old directory, or steps past the checkpoint
+
+    def client_state(steps_done: int) -> dict:
+        return {"consumed_samples": steps_done * cfg.global_batch, "train_config": cfg.to_dict(),
+                "ds_config": ds, "model_config": model_cfg.to_dict(), **hashes}
+
+    stop = StopFlag()
+    stop.install()
+    try:
+        return _loop(args, cfg, engine, ds, train_stream, val_stream, metrics, stop, client_state, start_step,
+                     rank, world_size)
+    finally:
+        metrics.close()
+
+
+def _loop(args, cfg, engine, ds, train_stream, val_stream, metrics, stop, client_state, start_step, rank,
+          world_size) -> int:
+    device = engine.device
+    tokens_per_step = cfg.global_batch * cfg.seq_len
+    loader = RankLoader(train_stream, cfg.global_batch, cfg.micro_batch, rank, world_size, start_step)
+    for step, micro_batches in loader:  # `step` is 0-based: the number of optimizer steps already done
+        if step >= cfg.steps:
+            break
+        t0 = time.perf_counter()
+        lr = cfg.lr_at(step)  # a pure function of the step: resume needs no scheduler state
+        for group in engine.optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), dtype=torch.float32, device=device)
+        for inputs, targets in micro_batches:
+            loss = engine(inputs.to(device), targets.to(device))  # scalar fp32 mean CE of this micro-batch
+            engine.backward(loss)  # DeepSpeed divides by the accumulation steps
+            engine.step()  # an optimizer step only at the accumulation boundary
+            loss_sum += loss.detach().float()
+        # One collective carries both the loss (for logging) and any rank's stop request.
+        packed = torch.stack([loss_sum / len(micro_batches),
+                              torch.tensor(float(stop.requested), device=device)]).double()
+        torch.distributed.all_reduce(packed)
+        mean_loss, stopping = packed[0].item() / world_size, packed[1].item() > 0
+        done = step + 1
+        grad_norm = _grad_norm(engine)
+        metrics.step(done, mean_loss, lr, grad_norm, tokens_per_step, time.perf_counter() - t0)
+        # DeepSpeed's monitors (csv/tensorboard/wandb in the DeepSpeed JSON) log only the LR by themselves.
+        events = [("Train/Samples/train_loss", mean_loss)]
+        if grad_norm is not None:
+            events.append(("Train/Samples/grad_norm", grad_norm))
+        if val_stream is not None and cfg.eval_every and done % cfg.eval_every == 0:
+            val_loss = evaluate(engine, val_stream, cfg, rank, world_size, device)
+            metrics.eval(done, val_loss)
+            events.append(("Train/Samples/val_loss", val_loss))
+        if engine.monitor.enabled:
+            engine.monitor.write_events([(name, value, done * cfg.global_batch) for name, value in events])
+        periodic = cfg.checkpoint_every and done % cfg.checkpoint_every == 0
+        if stopping or periodic or done == cfg.steps:
+            save(engine, args.out, done, client_state(done), cfg.keep_checkpoints)
+        if stopping and done < cfg.steps:
+            if rank == 0:
+                print(f"stop requested ({stop.signal_name or 'by another rank'}): checkpoint at step {done} saved; "
+                      f"exiting with {EXIT_PREEMPTED}, run the same command to continue", flush=True)
+            return EXIT_PREEMPTED
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    # DeepSpeed's ZeRO calls a torch collective that torch has renamed; the warning repeats every step.
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
+    rank, local_rank, world_size = distributed_env()
+    # Everything that can be wrong with the configs or the data fails here, before any process group exists.
+    cfg = load_config(args.config, args.set)
+    manifest = load_manifest(args.data)
+    model_cfg = cfg.decoder_config(int(manifest["tokenizer"]["vocab_size"]))
+    train_stream = open_split(args.data, "train", cfg.seq_len, cfg.seed, model_cfg.vocab_size)
+    val_stream = None
+    if cfg.eval_every:
+        try:
+            val_stream = open_split(args.data, "val", cfg.seq_len, cfg.seed, model_cfg.vocab_size)
+        except ValueError as e:
+            raise ValueError(f"{e}; or disable validation with --set eval_every=0") from e
+    ds = deepspeed_config(cfg, args.ds_config, world_size, args.out, where=args.config)
+    hashes = data_hashes(args.data, manifest)
+    point = find_resume_point(args.out)
+    if point is not None:
+        check_resume(point, cfg, model_cfg, hashes, args.allow_data_change, args.out)
+    ds = merge_ds(ds, prepare_resume(point, world_size, rank))
+
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    if rank != 0:
+        logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    accel = get_accelerator()
+    if accel.device_name() == "cuda":
+        torch.cuda.set_device(local_rank)
+        backend = "nccl"
+    elif accel.device_name() == "cpu":
+        backend = "gloo"  # the CPU accelerator may name "ccl" (oneCCL); gloo ships with every torch
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        backend = accel.communication_backend_name()
+    try:
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
+                                   timeout=datetime.timedelta(seconds=args.dist_timeout))
+        if rank == 0:
+            prepare_run_dir(args.out, args.data, manifest, cfg, model_cfg, ds)
+        torch.distributed.barrier()
+        return train(args, cfg, model_cfg, ds, point, hashes, rank, world_size, train_stream, val_stream)
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

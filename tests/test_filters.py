@@ -1,0 +1,277 @@
+"""Tests of pipeline.filters: one hand-built document per Gopher reason, every threshold option, linear cost.
+
+    python -m pytest tests/test_filters.py -q
+"""
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+
+import pytest
+
+from conftest import gopher_text
+from pipeline import filters
+from pipeline.filters import FilterConfig, quality_reason, reject_reason, repetition_reason
+
+DEFAULT = FilterConfig()
+
+# Distinct sentences with stop words and ordinary word lengths, to build lines and paragraphs from.
+SENTENCES = [
+    "The old miller walked to the river with a basket of bread.",
+    "Children gathered near the bridge and waited for the evening train.",
+    "A quiet rain fell over the village that whole autumn morning.",
+    "Her brother had carried the letters across the narrow valley.",
+    "Nobody remembered when the lantern in the tower first went dark.",
+    "The teacher explained the story of the harbor to every student.",
+    "Farmers brought copper pots and wooden chairs to the market square.",
+    "In winter the forest path was covered with thick silver frost.",
+    "They opened the library early so the travelers could rest inside.",
+    "The painter mixed yellow and purple paint beside the kitchen window.",
+    "Several neighbors noticed the strange music coming from the museum.",
+    "Before dawn the sailors checked the ropes and the heavy anchor.",
+    "A doctor from the city arrived to help the families with fever.",
+    "The engineer drew careful plans for a stone wall near the station.",
+    "During the summer festival people danced under golden paper lamps.",
+    "My grandmother kept a diary of every storm that passed the coast.",
+    "The writer finished the last chapter while thunder rolled outside.",
+    "Curious foxes crept beneath the fence to steal eggs from the barn.",
+    "Gentle waves returned the small boat to the sand after midnight.",
+    "Between the two hills stood an ancient chapel with a broken bell.",
+]
+NO_STOP_WORDS = ("river mountain village people morning evening garden window kitchen table letter story music "
+                 "teacher student market bridge forest winter summer autumn spring harbor station library museum "
+                 "painter farmer doctor engineer sailor writer neighbor children family friend stranger traveler "
+                 "walked carried opened noticed followed remembered explained returned gathered wondered finished "
+                 "quietly slowly early later often never always together outside inside across around").split()
+
+TWO_LETTER_WORDS = ["ox", "go", "up", "my", "we", "hi", "no", "so", "is", "on"]
+SHORT_WORDS = ("the and that have with cat dog sun sky sea owl elk fox hen pig cow ant bee elm oak ash fig yam rye oat "
+               "pea bean corn rice salt milk tea jam pie cake soup fish crab duck frog goat lamb mule deer hawk lark "
+               "moth").split()
+
+
+def lines(n: int, start: int = 0) -> list[str]:
+    """n distinct lines: the sentences, numbered after the first pass so they stay distinct."""
+    return [SENTENCES[i % len(SENTENCES)] if i < len(SENTENCES) else
+            f"{SENTENCES[i % len(SENTENCES)][:-1]} in year {1800 + i}." for i in range(start, start + n)]
+
+
+def passing_document() -> str:
+    """Passes every rule with the defaults, yet holds one of everything each rule looks at: a '#', a bullet line,
+    an ellipsis line, tokens without letters, a duplicated 13-word line that is also a duplicated paragraph (so
+    every n-gram size from 1 to 13 repeats). Tightening any single threshold must reject it."""
+    refrain = "The end of the story was written by the people of the village."
+    body = gopher_text(0, 320).split("\n\n")
+    paragraphs = body[:3] + [refrain] + body[3:6] + ["Item #4 was listed below:\n- " + SENTENCES[0],
+                                                     "They waited and waited..."] + body[6:] + [refrain]
+    return "\n\n".join(paragraphs)
+
+
+def with_extra_tokens(text: str, token: str, per_word: float) -> str:
+    """``text`` plus a line of ``token`` repeated ``per_word`` times its number of words (rounded up)."""
+    return text + "\n" + " ".join([token] * (int(len(text.split()) * per_word) + 1))
+
+
+def repetition_document(*paragraph_lines: list[str]) -> str:
+    return "\n\n".join("\n".join(p) for p in paragraph_lines)
+
+
+# One document per reason, each built to fail exactly that rule and pass every rule before it (reject_reason
+# returns the first failing rule in REASONS order, so equality with the expected reason shows both).
+CASES = {
+    None: passing_document(),
+    "too_few_words": "The river ran quietly past the old mill and the bakery.",
+    "too_many_words": gopher_text(1, 100_020),
+    "mean_word_length": " ".join(["it is to be or so"] * 10),  # 60 words of mean length 2
+    "symbol_word_ratio": with_extra_tokens(gopher_text(2, 120), "#", 0.11),  # '#' tokens > 0.1 per word
+    "bullet_lines": "\n".join("- " + s for s in lines(20)),  # every non-blank line a bullet
+    "ellipsis_lines": "\n".join(s[:-1] + "..." if i % 5 < 2 else s for i, s in enumerate(lines(20))),  # 40%
+    "alpha_words": with_extra_tokens(gopher_text(3, 120), "2024", 0.3),  # 1/1.3 = 0.77 of tokens with a letter
+    "stop_words": " ".join(NO_STOP_WORDS[:60]) + ". The end.",  # one stop word
+    # 12 lines, two of them occurring twice: 4/12 = 0.33 duplicated lines > 0.3
+    "duplicate_lines": "\n".join(lines(8) + lines(2, 8) + lines(2, 8)),
+    # 2 of 16 lines duplicated (0.125 <= 0.3), but they are long: > 20% of the line characters
+    "duplicate_line_chars": "\n".join([" ".join(SENTENCES[:4])] * 2 + [" ".join(NO_STOP_WORDS[i:i + 2])
+                                                                           for i in range(0, 28, 2)]),
+    # 6 paragraphs, a one-line one twice: 2/6 = 0.33 duplicated paragraphs > 0.3, but 2/34 lines, few characters
+    "duplicate_paragraphs": repetition_document(["Thanks."], lines(8, 0), lines(8, 8), lines(8, 16), lines(8, 24),
+                                                ["Thanks."]),
+    # 8 paragraphs: one of 10 two-letter lines occurring twice (2/8 <= 0.3 paragraphs; 20/67 <= 0.3 lines; line
+    # characters 40/202 <= 0.2), but with the newlines inside it, it holds 58/261 > 0.2 of the paragraph characters
+    "duplicate_paragraph_chars": repetition_document(TWO_LETTER_WORDS, *[SHORT_WORDS[i:i + 8] for i in range(0, 48, 8)],
+                                                     TWO_LETTER_WORDS),
+    # one line, no repeated sentence; "golden lantern" 40 times covers > 20% of the characters
+    "top_ngram": " ".join(s + " golden lantern" * 2 for s in lines(20)),
+    # one line of 20 distinct sentences, one 11-word sentence written 3 times: every 2/3/4-gram occurs at most
+    # 3 times (under the top n-gram limits) but the duplicated 5-grams cover > 15% of the characters
+    "duplicate_ngram": " ".join(lines(20) + [SENTENCES[2]] * 2),
+}
+
+
+def test_reasons_are_listed_in_order():
+    assert filters.REASONS == filters.QUALITY_REASONS + filters.REPETITION_REASONS
+    assert set(CASES) - {None} <= set(filters.REASONS)
+    assert len(set(filters.REASONS)) == len(filters.REASONS)
+    assert all(r.islower() and " " not in r for r in filters.REASONS)
+
+
+@pytest.mark.parametrize("reason", [None] + [r for r in filters.REASONS if r in CASES], ids=str)
+def test_each_reason_on_a_hand_built_document(reason):
+    text = CASES[reason]
+    assert reject_reason(text, DEFAULT) == reason
+    if reason in filters.REPETITION_REASONS:
+        assert quality_reason(text, DEFAULT) is None and repetition_reason(text, DEFAULT) == reason
+    if reason in filters.QUALITY_REASONS:
+        assert quality_reason(text, DEFAULT) == reason
+
+
+def test_every_reason_has_a_case():
+    missing = [r for r in filters.REASONS if r not in CASES]
+    assert missing == [], f"no test document for {missing}"
+
+
+# For every threshold: a value that makes the passing document fail, and the reason it must then give.
+TIGHTER = {
+    "min_words": (1000, "too_few_words"),
+    "max_words": (100, "too_many_words"),
+    "min_mean_word_length": (6.0, "mean_word_length"),
+    "max_mean_word_length": (4.0, "mean_word_length"),
+    "max_symbol_word_ratio": (0.0, "symbol_word_ratio"),
+    "min_stop_words": (10_000, "stop_words"),
+    "max_bullet_lines_ratio": (0.0, "bullet_lines"),
+    "max_ellipsis_lines_ratio": (0.0, "ellipsis_lines"),
+    "min_alpha_words_ratio": (1.0, "alpha_words"),
+    "max_duplicate_line_fraction": (0.0, "duplicate_lines"),
+    "max_duplicate_line_char_fraction": (0.0, "duplicate_line_chars"),
+    "max_duplicate_paragraph_fraction": (0.0, "duplicate_paragraphs"),
+    "max_duplicate_paragraph_char_fraction": (0.0, "duplicate_paragraph_chars"),
+    **{f"max_top_{n}gram_char_fraction": (0.0, "top_ngram") for n in (2, 3, 4)},
+    **{f"max_duplicate_{n}gram_char_fraction": (0.0, "duplicate_ngram") for n in range(5, 11)},
+}
+
+
+def test_every_option_has_help_and_a_tightening_case():
+    names = [f.name for f in dataclasses.fields(FilterConfig)]
+    assert sorted(names) == sorted(TIGHTER)
+    assert all(f.metadata.get("help") for f in dataclasses.fields(FilterConfig))
+
+
+@pytest.mark.parametrize("name", sorted(TIGHTER))
+def test_each_option_changes_the_outcome(name):
+    value, reason = TIGHTER[name]
+    text = CASES[None]
+    assert reject_reason(text, DEFAULT) is None
+    cfg = dataclasses.replace(DEFAULT, **{name: value})
+    if name.startswith("min_") and name.endswith("_length"):
+        cfg = dataclasses.replace(cfg, max_mean_word_length=max(cfg.max_mean_word_length, value))
+    if name == "max_words":
+        cfg = dataclasses.replace(cfg, min_words=0)
+    cfg.validate()
+    assert reject_reason(text, cfg) == reason
+
+
+# Loosening the rule a case fails lets it through that rule (it may still fail a later one).
+LOOSER = {
+    "too_few_words": {"min_words": 5},
+    "too_many_words": {"max_words": 200_000},
+    "mean_word_length": {"min_mean_word_length": 1.0},
+    "symbol_word_ratio": {"max_symbol_word_ratio": 0.2},
+    "bullet_lines": {"max_bullet_lines_ratio": 1.0},
+    "ellipsis_lines": {"max_ellipsis_lines_ratio": 0.5},
+    "alpha_words": {"min_alpha_words_ratio": 0.7},
+    "stop_words": {"min_stop_words": 1},
+    "duplicate_lines": {"max_duplicate_line_fraction": 0.4},
+    "duplicate_line_chars": {"max_duplicate_line_char_fraction": 0.8},
+    "duplicate_paragraphs": {"max_duplicate_paragraph_fraction": 0.5},
+    "duplicate_paragraph_chars": {"max_duplicate_paragraph_char_fraction": 0.5},
+    "top_ngram": {"max_top_2gram_char_fraction": 0.5, "max_top_3gram_char_fraction": 0.5,
+                  "max_top_4gram_char_fraction": 0.5},
+    "duplicate_ngram": {"max_duplicate_5gram_char_fraction": 0.5, "max_duplicate_6gram_char_fraction": 0.5,
+                        "max_duplicate_7gram_char_fraction": 0.5, "max_duplicate_8gram_char_fraction": 0.5,
+                        "max_duplicate_9gram_char_fraction": 0.5, "max_duplicate_10gram_char_fraction": 0.5},
+}
+
+
+@pytest.mark.parametrize("reason", sorted(LOOSER))
+def test_loosening_the_option_lets_the_document_past_that_rule(reason):
+    cfg = dataclasses.replace(DEFAULT, **LOOSER[reason])
+    cfg.validate()
+    after = reject_reason(CASES[reason], cfg)
+    assert after != reason
+    assert after is None or filters.REASONS.index(after) > filters.REASONS.index(reason)
+
+
+def test_definitions_by_hand():
+    # Only the rule under test is active: the others are switched off (0 for minimums, 1 for fractions).
+    only_5grams = dataclasses.replace(
+        FilterConfig(**{f.name: (0 if f.name.startswith("min_") else 1.0) for f in dataclasses.fields(FilterConfig)
+                        if f.name.endswith(("_ratio", "_fraction", "_words"))}),
+        max_words=100, min_mean_word_length=0.0, max_mean_word_length=100.0)
+    # Duplicated 5-grams: "alpha .. epsilon" twice, then "omega": the ten covered tokens count, omega does not.
+    text = "alpha beta gamma delta epsilon alpha beta gamma delta epsilon omega"
+    total = sum(map(len, text.split()))
+    covered = total - len("omega")
+    at = covered / total
+    assert reject_reason(text, dataclasses.replace(only_5grams, max_duplicate_5gram_char_fraction=at - 1e-9)) \
+        == "duplicate_ngram"
+    assert reject_reason(text, dataclasses.replace(only_5grams, max_duplicate_5gram_char_fraction=at)) is None
+    # Overlapping duplicated 5-grams are not double counted: 12 equal tokens cover exactly all characters (1.0).
+    same = " ".join(["again"] * 12)
+    assert reject_reason(same, dataclasses.replace(only_5grams, max_duplicate_5gram_char_fraction=0.999)) \
+        == "duplicate_ngram"
+    assert reject_reason(same, dataclasses.replace(only_5grams, max_duplicate_5gram_char_fraction=1.0)) is None
+    # Top 2-gram: "to be" 3 times in 8 tokens covers its 6 tokens' characters once each.
+    text = "to be or not to be to be"
+    top = dataclasses.replace(only_5grams, max_top_2gram_char_fraction=12 / 17 - 1e-9)
+    assert reject_reason(text, top) == "top_ngram"
+    assert reject_reason(text, dataclasses.replace(top, max_top_2gram_char_fraction=12 / 17)) is None
+    # Stop words are matched case-insensitively without punctuation; '#'-only tokens are not words.
+    assert quality_reason("The, THE. (of) and! " + "river " * 60, dataclasses.replace(DEFAULT, min_stop_words=4)) \
+        is None
+    assert quality_reason("### " * 30 + "river " * 49, dataclasses.replace(
+        DEFAULT, max_symbol_word_ratio=1.0, min_alpha_words_ratio=0.0)) == "too_few_words"
+
+
+@pytest.mark.parametrize("name, value, fragment", [
+    ("min_words", -1, "min_words (--min-words)"),
+    ("max_symbol_word_ratio", 1.5, "is a fraction"),
+    ("max_top_2gram_char_fraction", float("nan"), "max_top_2gram_char_fraction"),
+    ("min_stop_words", 2.5, "integer"),
+])
+def test_validate_names_the_option(name, value, fragment):
+    with pytest.raises(ValueError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        dataclasses.replace(DEFAULT, **{name: value}).validate()
+    with pytest.raises(ValueError, match="--min-words <= --max-words"):
+        FilterConfig(min_words=10, max_words=5).validate()
+
+
+def _best_seconds(fn, repeats: int = 2) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def test_cost_is_linear_in_document_length():
+    """A 20 MB one-line document costs about as much as a 2 MB one with the default max_words (rejected after one
+    chunk), and with max_words lifted, so the repetition rules run over all of it, 10x the text costs ~10x."""
+    rng = random.Random(7)
+    vocabulary = gopher_text(5, 3000).split()
+    small = " ".join(rng.choices(vocabulary, k=330_000))  # ~2 MB, one line
+    large = " ".join(rng.choices(vocabulary, k=3_300_000))  # ~20 MB
+    assert 1.8e6 < len(small) < 2.4e6 and 18e6 < len(large) < 24e6
+    t_small = _best_seconds(lambda: reject_reason(small, DEFAULT), 3)
+    t_large = _best_seconds(lambda: reject_reason(large, DEFAULT), 3)
+    assert reject_reason(large, DEFAULT) == "too_many_words"
+    assert t_large < 5 * max(t_small, 0.01), (t_small, t_large)  # bounded by max_words, not by the length
+    del large
+
+    # Every rule over the whole text: 1 MB vs 10 MB (the 20 MB case costs ~5 s of CPU here, too long for a test).
+    unbounded = dataclasses.replace(DEFAULT, max_words=10**9)
+    small, large = small[:1_000_000], " ".join(rng.choices(vocabulary, k=1_650_000))[:10_000_000]
+    t_small = _best_seconds(lambda: reject_reason(small, unbounded), 2)
+    t_large = _best_seconds(lambda: reject_reason(large, unbounded), 1)
+    assert t_large < 25 * t_small, (t_small, t_large)  # linear: ~10x; quadratic would be ~100x

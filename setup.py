@@ -1,22 +1,27 @@
 """Packaging for the pretraining pipeline: data preparation (pipeline), the decoder (model), training (launch).
 
-torch is deliberately unpinned here: pick the build for your hardware (CUDA on clusters, the CPU wheel
-elsewhere) and install it before this package; see README.
+install_requires is what a data-preparation worker needs (Beam itself comes with the worker image), so
+`--setup_file ./setup.py` on Dataflow ships a working package without pulling PyTorch onto every worker.
+torch is in the `train` extra and deliberately unpinned: pick the build for your hardware (CUDA on clusters,
+the CPU wheel elsewhere) and install it before this package; see README.
 """
 from setuptools import find_packages, setup
 
-DATA = [
-    "apache-beam[gcp]>=2.60",
+CORE = [
+    "numpy>=1.24",
     "sentencepiece>=0.2.0",
     "pyarrow>=14",
     "zstandard>=0.22",
+]
+DATA = [
+    "apache-beam[gcp]>=2.60",
     "datasets>=2.18",
 ]
 TRAIN = [
+    "torch>=2.3",
     "deepspeed>=0.16",
     "transformers>=4.45",
     "safetensors>=0.4",
-    "sentencepiece>=0.2.0",
     "psutil>=5.9",
     "tqdm>=4.66",
     "matplotlib>=3.8",
@@ -35,7 +40,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["pipeline", "pipeline.*", "model", "model.*", "launch", "launch.*"]),
     package_data={"launch": ["configs/*.json", "*.sh"]},
-    install_requires=["numpy>=1.24", "torch>=2.3"],
+    install_requires=CORE,
     extras_require={
         "data": DATA,
         "train": TRAIN,

@@ -1,0 +1,276 @@
+"""Throughput and memory of `python -m pipeline.prepare` against raw SentencePiece encoding of the same text.
+
+In one run, on the same cores and the same corpus:
+  * raw: Tokenizer.encode_document over every input document, in 1 process and split over 2 processes
+    (the practical limit of the pipeline: tokenizing is its heaviest per-byte step);
+  * the same per-document work without Beam (Gopher filter every text, encode the kept ones), 1 process;
+  * pipeline: the whole prepare command (read, parse, Gopher filter, dedup, tokenize, shard, write, manifest)
+    as a subprocess with 1 worker (in-process) and 2 workers (multi_processing), with the same tokenizer
+    given via --tokenizer so both sides encode with the same model;
+  * peak RSS of the launching process and of each worker process (polled with psutil every 0.1 s), at each
+    corpus size, to show whether a worker's memory stays flat as the corpus grows;
+  * whether the 1- and 2-worker runs wrote byte-identical shards (sha256 in their manifests).
+
+Ratios are the result (pipeline / raw, 2 workers / 1 worker); absolute numbers depend on the machine and
+its load, which is printed (os.getloadavg()).
+
+    python benchmarks/bench_prepare.py --sizes-mb 50 200 --work /tmp/bench-prepare --out benchmarks/RESULTS-prepare.md
+
+The corpus is the built-in one (pipeline.builtin_corpus, with installed packages' docstrings), cut to each
+size or extended with marked variants of its documents past its end (see corpus_files); it is gathered once
+into WORK/ and reused.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import gzip
+import json
+import multiprocessing as mp
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+
+import psutil
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from pipeline.builtin_corpus import write_builtin_corpus  # noqa: E402
+from pipeline.filters import FilterConfig, reject_reason  # noqa: E402
+from pipeline.tokenizer import Tokenizer, train_tokenizer  # noqa: E402
+
+VOCAB_SIZE = 8000
+TOKENIZER_SAMPLE_CHARS = 8_000_000
+
+
+def builtin_files(work: str) -> list[str]:
+    """All of the built-in corpus with installed packages' docstrings, gathered once into WORK/builtin."""
+    out = os.path.join(work, "builtin")
+    if not os.path.exists(os.path.join(out, "DONE")):
+        shutil.rmtree(out, ignore_errors=True)
+        write_builtin_corpus(out, include_site_packages=True)
+        open(os.path.join(out, "DONE"), "w").close()
+    return sorted(glob.glob(os.path.join(out, "*.jsonl.gz")))
+
+
+def corpus_files(work: str, size_mb: int) -> list[str]:
+    """``size_mb`` MB of text (UTF-8) in files of ~8 MB, written once into WORK/corpus-<size>.
+
+    The built-in corpus in its own order; past its end (it holds ~80 MB here) the documents come again as
+    variants, each with a last line "[variant k]" so exact dedup keeps them: realistic text for the
+    tokenizer and filters, and every document distinct.
+    """
+    out = os.path.join(work, f"corpus-{size_mb}")
+    if os.path.exists(os.path.join(out, "DONE")):
+        return sorted(glob.glob(os.path.join(out, "*.jsonl.gz")))
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    source = builtin_files(work)
+    budget, total, part, f, in_file = size_mb * 1_000_000, 0, 0, None, 0
+    variant = 0
+    while total < budget:
+        for path in source:
+            with gzip.open(path, "rt", encoding="utf-8") as src:
+                for line in src:
+                    rec = json.loads(line)
+                    if variant:
+                        rec = {"id": f"{rec['id']}#v{variant}", "text": f"{rec['text']}\n\n[variant {variant}]"}
+                    if f is None or in_file >= 8_000_000:
+                        if f is not None:
+                            f.close()
+                        f = gzip.open(os.path.join(out, f"part-{part:05d}.jsonl.gz"), "wt", encoding="utf-8",
+                                      compresslevel=1)
+                        part, in_file = part + 1, 0
+                    f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                    n = len(rec["text"].encode("utf-8"))
+                    total, in_file = total + n, in_file + n
+                    if total >= budget:
+                        break
+            if total >= budget:
+                break
+        variant += 1
+    f.close()
+    open(os.path.join(out, "DONE"), "w").close()
+    return sorted(glob.glob(os.path.join(out, "*.jsonl.gz")))
+
+
+def read_texts(files: list[str]) -> list[str]:
+    texts = []
+    for path in files:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            texts += [json.loads(line)["text"] for line in f]
+    return texts
+
+
+def _encode_all(args) -> int:
+    model_path, texts = args
+    tok = Tokenizer(model_path)
+    return sum(len(tok.encode_document(t)) for t in texts)
+
+
+def plain_loop(model_path: str, texts: list[str]) -> tuple[float, float, int]:
+    """Wall and CPU seconds for the same per-document work without Beam, in this process: Gopher filter every text, encode
+    the ones it keeps (no dedup, no I/O). Separates the cost of the rules from the cost of the pipeline."""
+    tok, cfg, kept = Tokenizer(model_path), FilterConfig(), 0
+    start, cpu = time.perf_counter(), time.process_time()
+    for text in texts:
+        if reject_reason(text, cfg) is None:
+            tok.encode_document(text)
+            kept += 1
+    return time.perf_counter() - start, time.process_time() - cpu, kept
+
+
+def raw_encode(model_path: str, texts: list[str], processes: int) -> tuple[float, float, int]:
+    """Wall seconds, CPU seconds and tokens to encode every text with `processes` processes (round-robin)."""
+    parts = [(model_path, texts[i::processes]) for i in range(processes)]
+    if processes == 1:
+        start, cpu = time.perf_counter(), time.process_time()
+        tokens = _encode_all(parts[0])
+        return time.perf_counter() - start, time.process_time() - cpu, tokens
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with mp.get_context("fork").Pool(processes) as pool:
+        pool.map(_encode_all, [(model_path, ["warm up"])] * processes)  # start-up outside the timing
+        start = time.perf_counter()
+        tokens = sum(pool.map(_encode_all, parts))
+        wall = time.perf_counter() - start
+        pool.close()
+        pool.join()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime), tokens
+
+
+def run_prepare(files_glob: str, out: str, model_path: str, workers: int) -> dict:
+    """Run the prepare command; returns wall seconds, peak RSS (MB) of the launcher and of its worker processes."""
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [sys.executable, "-m", "pipeline.prepare", "--input", files_glob, "--output", out,
+           "--tokenizer", model_path, "--train-shards", "8", "--val-shards", "1"]
+    if workers > 1:
+        cmd += ["--direct_num_workers", str(workers), "--direct_running_mode", "multi_processing"]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    root = psutil.Process(proc.pid)
+    peak_main, peak_worker, cpu_worker, cpu_main = 0, {}, {}, 0.0
+    while proc.poll() is None:
+        try:
+            peak_main = max(peak_main, root.memory_info().rss)
+            times = root.cpu_times()
+            cpu_main = times.user + times.system
+            for child in root.children(recursive=True):
+                try:
+                    peak_worker[child.pid] = max(peak_worker.get(child.pid, 0), child.memory_info().rss)
+                    times = child.cpu_times()
+                    cpu_worker[child.pid] = times.user + times.system
+                except psutil.NoSuchProcess:
+                    pass
+        except psutil.NoSuchProcess:
+            pass
+        time.sleep(0.1)
+    seconds = time.perf_counter() - start
+    output = proc.stdout.read().decode("utf-8", "replace")
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{output[-3000:]}")
+    with open(os.path.join(out, "manifest.json")) as f:
+        manifest = json.load(f)
+    return {"seconds": seconds, "rss_main_mb": peak_main / 1e6,
+            "rss_worker_mb": max(peak_worker.values(), default=0) / 1e6, "manifest": manifest,
+            # CPU seconds of each worker process (last poll): shows whether the work was split between them
+            # even when a loaded machine hides the wall-clock gain.
+            "launcher_cpu_s": round(cpu_main, 1),
+            "worker_cpu_s": sorted((round(v, 1) for v in cpu_worker.values() if v >= 1.0), reverse=True),
+            "summary": output.strip().splitlines()[-1]}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes-mb", type=int, nargs="+", default=[50, 200])
+    parser.add_argument("--work", default="/tmp/bench-prepare")
+    parser.add_argument("--out", default=None, help="append a markdown report to this file")
+    parser.add_argument("--one-worker-sizes", type=int, nargs="*", default=None,
+                        help="sizes that also get the 1-worker and raw runs (default: the first size)")
+    args = parser.parse_args(argv)
+    os.makedirs(args.work, exist_ok=True)
+    full = args.sizes_mb if args.one_worker_sizes is None else args.one_worker_sizes
+    full = full[:1] if args.one_worker_sizes is None else full
+
+    lines = [f"load average before: {os.getloadavg()}, cpus: {os.cpu_count()}"]
+    print(lines[0], flush=True)
+    model_path = os.path.join(args.work, "tokenizer.model")
+    for size in args.sizes_mb:
+        files = corpus_files(args.work, size)
+        texts = read_texts(files)
+        mb = sum(len(t.encode("utf-8")) for t in texts) / 1e6
+        if not os.path.exists(model_path):
+            sample, chars = [], 0
+            for t in texts:
+                if chars >= TOKENIZER_SAMPLE_CHARS:
+                    break
+                sample.append(t)
+                chars += len(t)
+            train_tokenizer(sample, model_path, VOCAB_SIZE)
+        row = {"size_mb": round(mb, 1), "docs": len(texts)}
+        glob_ = os.path.join(os.path.dirname(files[0]), "*.jsonl.gz")
+        if size in full:
+            for procs in (1, 2):
+                sec, cpu, tokens = raw_encode(model_path, texts, procs)
+                row[f"raw{procs}_mbs"], row[f"raw{procs}_cpu"] = mb / sec, cpu
+                row["tokens"] = tokens
+                print(f"{size} MB raw encode, {procs} process(es): {sec:.1f} s, {mb / sec:.2f} MB/s, CPU {cpu:.1f} s",
+                      flush=True)
+            sec, cpu, kept = plain_loop(model_path, texts)
+            row["plain_mbs"], row["plain_cpu"] = mb / sec, cpu
+            print(f"{size} MB filter + encode kept ({kept}) without Beam, 1 process: {sec:.1f} s, {mb / sec:.2f} MB/s, "
+                  f"CPU {cpu:.1f} s", flush=True)
+        del texts
+        for workers in ((1, 2) if size in full else (2,)):
+            res = run_prepare(glob_, os.path.join(args.work, f"out-{size}-{workers}"), model_path, workers)
+            row[f"pipe{workers}"] = res
+            print(f"{size} MB pipeline, {workers} worker(s): {res['seconds']:.1f} s, {mb / res['seconds']:.2f} MB/s, "
+                  f"peak RSS launcher {res['rss_main_mb']:.0f} MB, worker {res['rss_worker_mb']:.0f} MB, "
+                  f"CPU s launcher {res['launcher_cpu_s']} workers {res['worker_cpu_s']} | "
+                  f"{res['summary']}", flush=True)
+        if "pipe1" in row:
+            same = [s["sha256_bin"] + s["sha256_idx"] for s in row["pipe1"]["manifest"]["shards"]] == \
+                   [s["sha256_bin"] + s["sha256_idx"] for s in row["pipe2"]["manifest"]["shards"]]
+            same &= row["pipe1"]["manifest"]["tokenizer"]["sha256"] == row["pipe2"]["manifest"]["tokenizer"]["sha256"]
+            row["identical"] = same
+        lines.append(report_rows(row))
+        print(lines[-1], flush=True)
+    lines.append(f"load average after: {os.getloadavg()}")
+    print(lines[-1], flush=True)
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write("\n".join(lines) + "\n")
+
+
+def report_rows(row: dict) -> str:
+    mb, out = row["size_mb"], []
+    p2 = row["pipe2"]
+    kept = p2["manifest"]["documents"]["kept"]
+    out.append(f"corpus {mb} MB, {row['docs']} documents ({kept} kept)")
+    if "pipe1" in row:
+        p1 = row["pipe1"]
+        t1, t2 = mb / p1["seconds"], mb / p2["seconds"]
+        out.append(f"  raw encode: 1 process {row['raw1_mbs']:.2f} MB/s, 2 processes {row['raw2_mbs']:.2f} MB/s")
+        out.append(f"  same work without Beam (filter all, encode kept), 1 process: {row['plain_mbs']:.2f} MB/s")
+        out.append(f"  pipeline:   1 worker {t1:.2f} MB/s ({row['docs'] / p1['seconds']:.0f} docs/s), "
+                   f"2 workers {t2:.2f} MB/s ({row['docs'] / p2['seconds']:.0f} docs/s)")
+        out.append(f"  ratios: pipeline/raw 1 worker {t1 / row['raw1_mbs']:.2f}x, 2 workers {t2 / row['raw2_mbs']:.2f}x; "
+                   f"pipeline 1 worker / no-Beam loop {t1 / row['plain_mbs']:.2f}x; 2 workers / 1 worker {t2 / t1:.2f}x; 1 vs 2 workers byte-identical: {row['identical']}")
+        out.append(f"  CPU seconds: raw encode {row['raw1_cpu']:.1f} (1 process) / {row['raw2_cpu']:.1f} (2), "
+                   f"no-Beam loop {row['plain_cpu']:.1f}, pipeline 1 worker {p1['launcher_cpu_s']:.1f} "
+                   f"(CPU-time ratio raw/pipeline {row['raw1_cpu'] / p1['launcher_cpu_s']:.2f}x, "
+                   f"no-Beam loop/pipeline {row['plain_cpu'] / p1['launcher_cpu_s']:.2f}x)")
+        out.append(f"  peak RSS 1 worker (in-process): {p1['rss_main_mb']:.0f} MB")
+    else:
+        out.append(f"  pipeline:   2 workers {mb / p2['seconds']:.2f} MB/s ({row['docs'] / p2['seconds']:.0f} docs/s)")
+    out.append(f"  peak RSS 2 workers: launcher {p2['rss_main_mb']:.0f} MB, largest worker {p2['rss_worker_mb']:.0f} MB; "
+               f"CPU seconds: launcher {p2['launcher_cpu_s']}, worker processes {p2['worker_cpu_s']}")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    main()

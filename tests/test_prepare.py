@@ -1,0 +1,145 @@
+"""End-to-end tests of `python -m pipeline.prepare` through run(argv) on Beam's local FnApiRunner.
+
+    python -m pytest tests/test_prepare.py -q
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+
+import pytest
+
+pytest.importorskip("apache_beam")
+
+from conftest import PREPARE_OPTIONS, gopher_text, small_corpus, write_jsonl_file  # noqa: E402
+from pipeline import transforms as t  # noqa: E402
+from pipeline.manifest import load_manifest  # noqa: E402
+from pipeline.prepare import main, run  # noqa: E402
+from pipeline.shards import ShardReader, sha256_file  # noqa: E402
+from pipeline.tokenizer import Tokenizer  # noqa: E402
+
+
+def shard_files(out: str) -> dict[str, bytes]:
+    """Every output file that must be byte-identical across runs: shards and the tokenizer."""
+    files = {"tokenizer.model": open(os.path.join(out, "tokenizer.model"), "rb").read()}
+    for split in ("train", "val"):
+        for name in sorted(os.listdir(os.path.join(out, split))):
+            files[f"{split}/{name}"] = open(os.path.join(out, split, name), "rb").read()
+    return files
+
+
+def rejected_records(out: str) -> list[dict]:
+    rows = []
+    for name in sorted(os.listdir(os.path.join(out, "rejected"))):
+        assert name.endswith(".jsonl.gz"), name
+        with gzip.open(os.path.join(out, "rejected", name), "rt", encoding="utf-8") as f:
+            rows += [json.loads(line) for line in f]
+    return rows
+
+
+def check_shards_hold(out: str, manifest: dict, kept: dict[str, str], val_fraction: float, train_shards: int,
+                      val_shards: int) -> None:
+    """Each shard holds exactly encode_document(text) of its kept documents, sorted by document key."""
+    tok = Tokenizer(os.path.join(out, "tokenizer.model"))
+    assert len(manifest["shards"]) == train_shards + val_shards
+    total = 0
+    for shard in manifest["shards"]:
+        reader = ShardReader(os.path.join(out, shard["path"]))
+        split, index = shard["split"], int(shard["path"].split("-")[1])
+        keys = sorted(k for k in kept if t.assign_shard(k, val_fraction, train_shards, val_shards) == (split, index))
+        assert len(reader) == shard["documents"] == len(keys), shard["path"]
+        for i, key in enumerate(keys):
+            assert reader[i].tolist() == tok.encode_document(kept[key]).tolist(), (shard["path"], key)
+        assert reader.num_tokens == shard["tokens"]
+        total += len(reader)
+    assert total == len(kept)
+
+
+def test_end_to_end(prepared):
+    out, m, kept = prepared["out"], prepared["manifest"], prepared["kept"]
+    assert load_manifest(out, verify=True) == m  # checksums of every shard match the files
+    docs = m["documents"]
+    assert docs["read"] == prepared["read"]
+    assert docs["kept"] == len(kept)
+    assert docs["read"] == docs["kept"] + sum(docs["rejected"].values())
+    assert {r: n for r, n in docs["rejected"].items() if n} == {
+        "exact_duplicate": 1, "too_few_words": 1, "malformed_record": 1, "invalid_utf8": 1}
+    assert m["tokenizer"]["sha256"] == sha256_file(os.path.join(out, "tokenizer.model"))
+    assert m["tokenizer"]["vocab_size"] == 400 and m["tokenizer"]["eos_id"] == 2
+    assert m["tokens"]["train"] > 0 and m["tokens"]["val"] > 0
+    assert m["config"]["vocab_size"] == 400 and m["config"]["filters"]["min_words"] == 50
+    check_shards_hold(out, m, kept, 0.15, 3, 1)
+
+    rejected = rejected_records(out)
+    assert sorted(r["reason"] for r in rejected) == sorted(r for r, n in docs["rejected"].items() for _ in range(n))
+    assert {r["id"] for r in rejected if r["reason"] == "exact_duplicate"} == {"zz-copy-of-3"}
+    assert all(set(r) == {"id", "source", "reason", "text"} for r in rejected)
+    assert [f"rejected/{n}" for n in sorted(os.listdir(os.path.join(out, "rejected")))] == m["rejected_files"]
+
+
+def test_two_workers_give_byte_identical_outputs(prepared, tmp_path):
+    """multi_processing with 2 worker processes (every DoFn is pickled) == the in-process run, byte for byte."""
+    out2 = str(tmp_path / "out2")
+    m2 = run(["--input", prepared["inputs"], "--output", out2, *PREPARE_OPTIONS,
+              "--direct_num_workers", "2", "--direct_running_mode", "multi_processing"])
+    assert shard_files(out2) == shard_files(prepared["out"])
+    strip = lambda m: {k: v for k, v in m.items() if k != "config"}  # noqa: E731 -- config records the flags
+    assert strip(m2) == strip(prepared["manifest"])
+    assert m2["config"]["beam_args"][-2:] == ["--direct_running_mode", "multi_processing"]
+
+
+def test_given_tokenizer_mixed_formats_and_overwrite(prepared, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts = {f"p{i}": gopher_text(2000 + i) for i in range(6)}
+    pq.write_table(pa.table({"body": [texts["p0"], texts["p1"]], "key": ["p0", "p1"]}), tmp_path / "a.parquet")
+    write_jsonl_file(tmp_path / "b.jsonl.zst", [{"body": texts["p2"], "key": "p2"}, {"body": texts["p3"], "key": "p3"}])
+    (tmp_path / "c.txt").write_text(texts["p4"], encoding="utf-8")
+    (tmp_path / "d.txt.gz").write_bytes(gzip.compress(texts["p5"].encode()))
+    given = os.path.join(prepared["out"], "tokenizer.model")
+    out = str(tmp_path / "out")
+    argv = ["--input", str(tmp_path / "*.parquet"), "--input", str(tmp_path / "b.jsonl.zst"),
+            "--input", str(tmp_path / "*.txt*"), "--output", out, "--tokenizer", given,
+            "--text-field", "body", "--id-field", "key", "--val-fraction", "0", "--train-shards", "2"]
+    m = run(argv)
+    assert m["documents"] == {"read": 6, "kept": 6, "rejected": {r: 0 for r in t.REASONS}}
+    assert m["tokenizer"]["sha256"] == sha256_file(given) == sha256_file(os.path.join(out, "tokenizer.model"))
+    assert m["tokenizer"]["trained"] is False
+    assert m["tokens"]["val"] == 0 and [s["split"] for s in m["shards"]] == ["train", "train"]
+    # .txt documents carry no id: their key is the content hash, independent of where the file lives.
+    kept = {"id:" + k: v for k, v in texts.items() if k in ("p0", "p1", "p2", "p3")}
+    kept.update({"sha256:" + hashlib.sha256(texts[k].encode()).hexdigest(): texts[k] for k in ("p4", "p5")})
+    check_shards_hold(out, m, kept, 0.0, 2, 0)
+
+    with pytest.raises(ValueError, match="not empty.*--overwrite"):
+        run(argv)
+    assert main(argv) == 2  # the CLI reports the same error without a traceback
+    (tmp_path / "c.txt").unlink()
+    m2 = run(argv + ["--overwrite"])
+    assert m2["documents"]["read"] == 5 and load_manifest(out, verify=True) == m2
+
+
+def test_hf_dataset_saved_to_disk(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    rows = {"text": [gopher_text(3000 + i) for i in range(8)] + ["", "short one"], "id": [f"h{i}" for i in range(10)]}
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows)}).save_to_disk(str(tmp_path / "ds"))
+    out = str(tmp_path / "out")
+    m = run(["--hf-dataset", str(tmp_path / "ds"), "--hf-split", "train", "--output", out, *PREPARE_OPTIONS])
+    assert m["documents"]["read"] == 10 and m["documents"]["kept"] == 8
+    assert m["documents"]["rejected"]["empty"] == 1 and m["documents"]["rejected"]["too_few_words"] == 1
+    check_shards_hold(out, m, {f"id:h{i}": rows["text"][i] for i in range(8)}, 0.15, 3, 1)
+    with pytest.raises(ValueError, match="--hf-split"):
+        run(["--hf-dataset", str(tmp_path / "ds"), "--hf-split", "nope", "--output", str(tmp_path / "o2")])
+
+
+def test_builtin_corpus(tmp_path):
+    out = str(tmp_path / "out")
+    m = run(["--builtin-corpus", "--builtin-corpus-mb", "0.5", "--output", out, *PREPARE_OPTIONS])
+    assert os.listdir(os.path.join(out, "_corpus"))
+    assert m["documents"]["kept"] > 10 and m["tokens"]["train"] > 10_000
+    assert m["documents"]["read"] == m["documents"]["kept"] + sum(m["documents"]["rejected"].values())
+    load_manifest(out, verify=True)
+

@@ -1,0 +1,223 @@
+"""Tests of pipeline.transforms: pure helpers without a runner, composite transforms on Beam's FnApiRunner.
+
+    python -m pytest tests/test_transforms.py -q
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import random
+
+import pytest
+
+beam = pytest.importorskip("apache_beam")
+from apache_beam.metrics.metric import MetricsFilter  # noqa: E402
+from apache_beam.testing.util import assert_that, equal_to  # noqa: E402
+
+from pipeline import transforms as t  # noqa: E402
+from pipeline.documents import Document, Rejection, dedup_key, document_key  # noqa: E402
+from pipeline.filters import FilterConfig  # noqa: E402
+from pipeline.shards import ShardReader  # noqa: E402
+from pipeline.tokenizer import Tokenizer, train_tokenizer_bytes  # noqa: E402
+
+# ------------------------------------------------------------------------------------------------------
+# Pure helpers
+
+
+@pytest.mark.parametrize("path,expected", [
+    ("a.jsonl", "jsonl"), ("a.JSONL.GZ", "jsonl"), ("dir/b.json.zst", "jsonl"), ("c.ndjson.bz2", "jsonl"),
+    ("d.parquet", "parquet"), ("d.parquet.gz", "parquet"), ("e.txt", "text"), ("e.txt.gz", "text"),
+    ("image.png", "text"), ("noext", "text"),
+])
+def test_input_format_by_extension(path, expected):
+    assert t.input_format(path) == expected
+
+
+def test_input_format_forced():
+    assert t.input_format("a.txt", "jsonl") == "jsonl"
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 1 << 20])
+def test_iter_lines_matches_split_at_any_chunk_size(chunk):
+    rng = random.Random(chunk)
+    lines = [bytes(rng.randrange(256) for _ in range(rng.randrange(0, 40))).replace(b"\n", b"") for _ in range(50)]
+    lines.append(b"x" * 1000)  # longer than every small chunk
+    data = b"\n".join(lines)  # no trailing newline: the last line must still come out
+    assert list(t.iter_lines(io.BytesIO(data), chunk)) == lines
+    assert list(t.iter_lines(io.BytesIO(data + b"\n"), chunk)) == lines  # no empty line after a trailing newline
+
+
+def test_hash_unit_is_stable_and_salted():
+    assert t.hash_unit("id:a", "split") == t.hash_unit("id:a", "split")
+    assert t.hash_unit("id:a", "split") != t.hash_unit("id:a", "train-shard")
+    assert 0 <= t.hash_unit("id:a", "split") < 1
+
+
+def test_assign_shard_fractions_and_ranges():
+    keys = [f"id:{i}" for i in range(4000)]
+    assigned = [t.assign_shard(k, 0.1, 8, 2) for k in keys]
+    val = sum(1 for split, _ in assigned if split == "val")
+    assert 300 < val < 500  # ~10%
+    train_idx = {i for split, i in assigned if split == "train"}
+    val_idx = {i for split, i in assigned if split == "val"}
+    assert train_idx == set(range(8)) and val_idx == {0, 1}
+    assert assigned == [t.assign_shard(k, 0.1, 8, 2) for k in keys]  # a pure function of the key
+    assert all(t.assign_shard(k, 0.0, 8, 0)[0] == "train" for k in keys)
+
+
+def test_shard_path():
+    assert t.shard_path("train", 3, 8) == "train/shard-00003-of-00008"
+
+
+def test_bottom_k_sample_does_not_depend_on_partitioning():
+    rng = random.Random(0)
+    items = [(rng.random(), "x" * rng.randrange(1, 50)) for _ in range(500)]
+    fn = t.BottomKByHashFn(budget_chars=2000)
+
+    def combine(parts):
+        accs = []
+        for part in parts:
+            acc = fn.create_accumulator()
+            for item in part:
+                acc = fn.add_input(acc, item)
+            accs.append(acc)
+        return fn.extract_output(fn.merge_accumulators(accs))
+
+    whole = combine([items])
+    assert whole == combine([items[i::3] for i in range(3)]) == combine([items[:7], items[7:]])
+    assert whole == sorted(items)[: len(whole)]  # the smallest hashes
+    assert sum(len(x) for _, x in whole[:-1]) < 2000 <= sum(len(x) for _, x in whole) + 50
+
+
+def test_build_manifest_checks_read_equals_kept_plus_rejected():
+    info = {"vocab_size": 400, "eos_id": 2, "sha256": "0" * 64, "trained": True, "sample_chars": 10}
+    shards = [{"split": "val", "path": "val/shard-00000-of-00001", "documents": 1, "tokens": 5,
+               "sha256_bin": "a", "sha256_idx": "b"},
+              {"split": "train", "path": "train/shard-00000-of-00001", "documents": 3, "tokens": 9,
+               "sha256_bin": "c", "sha256_idx": "d"}]
+    m = t.build_manifest(6, {"empty": 2}, shards, info, {"k": 1})
+    assert m["documents"]["kept"] == 4 and m["documents"]["rejected"]["empty"] == 2
+    assert m["documents"]["rejected"]["exact_duplicate"] == 0  # every known reason is listed
+    assert m["tokens"] == {"train": 9, "val": 5}
+    assert [s["split"] for s in m["shards"]] == ["train", "val"]
+    with pytest.raises(AssertionError, match="lost or duplicated"):
+        t.build_manifest(7, {"empty": 2}, shards, info, {})
+
+
+def test_rejected_line_is_utf8_even_with_surrogates():
+    line = t.rejected_line(Rejection(id="a\udc80", source="f\udcff.txt", reason="invalid_utf8", text="x"))
+    line.encode("utf-8")  # would raise on a lone surrogate
+    assert '"reason": "invalid_utf8"' in line
+
+
+# ------------------------------------------------------------------------------------------------------
+# Composite transforms on the real local runner
+
+
+def test_read_files_all_formats_and_a_binary_file(tmp_path, write_jsonl, make_text, beam_pipeline):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import zstandard
+
+    a, b = make_text(1), make_text(2)
+    write_jsonl(tmp_path / "a.jsonl.gz", [{"id": "g1", "text": a}])
+    write_jsonl(tmp_path / "b.jsonl.zst", [{"id": "z1", "text": b}, {"id": "z2", "text": a}])
+    (tmp_path / "c.txt").write_bytes(b.encode())
+    (tmp_path / "c2.txt.zst").write_bytes(zstandard.ZstdCompressor().compress(a.encode()))
+    pq.write_table(pa.table({"text": [a, b], "id": ["p1", "p2"]}), tmp_path / "d.parquet")
+    (tmp_path / "e.bin").write_bytes(bytes(range(256)) * 10)  # binary among inputs
+    (tmp_path / "broken.jsonl.gz").write_bytes(b"\x1f\x8b\x08\x00 not really gzip")
+    paths = sorted(str(p) for p in tmp_path.iterdir())
+
+    def summarize(rec):
+        kind, source, payload, doc_id = rec
+        name = source.rsplit("/", 1)[-1]
+        return kind, name, payload if kind != t.READ_ERROR else "error", doc_id
+
+    with beam_pipeline() as p:
+        out = p | t.ReadFiles(paths) | beam.Map(summarize)
+        assert_that(out, equal_to([
+            (t.JSON_LINE, "a.jsonl.gz:1", f'{{"id": "g1", "text": {json.dumps(a)}}}'.encode(), None),
+            (t.JSON_LINE, "b.jsonl.zst:1", f'{{"id": "z1", "text": {json.dumps(b)}}}'.encode(), None),
+            (t.JSON_LINE, "b.jsonl.zst:2", f'{{"id": "z2", "text": {json.dumps(a)}}}'.encode(), None),
+            (t.TEXT_FILE, "c.txt", b.encode(), None),
+            (t.TEXT_FILE, "c2.txt.zst", a.encode(), None),
+            (t.VALUE, "d.parquet:0", a, "p1"),
+            (t.VALUE, "d.parquet:1", b, "p2"),
+            (t.TEXT_FILE, "e.bin", bytes(range(256)) * 10, None),
+            (t.READ_ERROR, "broken.jsonl.gz", "error", None),
+        ]))
+
+
+def test_parse_filter_dedup_stages(make_text, beam_pipeline):
+    good, other = make_text(10), make_text(11)
+    records = [
+        (t.JSON_LINE, "f:1", ('{"id": "b", "text": %s}' % json.dumps(good)).encode(), None),
+        (t.JSON_LINE, "f:2", ('{"id": "a", "text": %s}' % json.dumps(good.replace("\n\n", "\n \n"))).encode(), None),
+        (t.JSON_LINE, "f:3", ('{"id": "c", "text": %s}' % json.dumps(other)).encode(), None),
+        (t.JSON_LINE, "f:4", b"\xff\xfe not utf-8", None),
+        (t.JSON_LINE, "f:5", b'{"no_text": 1}', None),
+        (t.TEXT_FILE, "g.txt", b"   \n ", None),
+        (t.VALUE, "h:0", "too short to keep", "s"),
+        (t.READ_ERROR, "x.gz", "cannot read x.gz", None),
+    ]
+    with beam_pipeline() as p:
+        docs, bad = p | beam.Create(records) | t.ParseRecords()
+        kept, low = docs | t.GopherFilter(FilterConfig())
+        unique, dups = kept | t.ExactDedup()
+        rejected = (bad, low, dups) | beam.Flatten()
+        assert_that(unique | beam.Map(lambda kv: (kv[0], kv[1].id)),
+                    equal_to([(dedup_key(good), "a"), (dedup_key(other), "c")]), label="unique")
+        assert_that(rejected | beam.Map(lambda r: (r.source, r.reason)), equal_to([
+            ("f:1", "exact_duplicate"),  # "id:b" > "id:a": the smaller document key stays
+            ("f:4", "invalid_utf8"), ("f:5", "malformed_record"), ("g.txt", "empty"),
+            ("h:0", "too_few_words"), ("x.gz", "unreadable_file"),
+        ]), label="rejected")
+
+
+def test_tokenize_and_write_shards(tmp_path, make_text, beam_pipeline):
+    texts = {f"d{i:02d}": make_text(100 + i) for i in range(30)}
+    model = train_tokenizer_bytes(list(texts.values()), 400)
+    info = t.tokenizer_info(model, trained=False)
+    tok = Tokenizer.from_bytes(model)
+    docs = [(dedup_key(x), Document(id=i, text=x, source=f"s:{i}")) for i, x in texts.items()]
+    out = str(tmp_path)
+    with beam_pipeline() as p:
+        tokenizer = p | "Tok" >> beam.Create([info])
+        keyed = p | beam.Create(docs) | t.TokenizeAndAssign(tokenizer, 0.2, 3, 2)
+        stats = keyed | t.WriteShards(tokenizer, out, 3, 2)
+        assert_that(stats | beam.Map(lambda s: s["path"]), equal_to(
+            [t.shard_path("train", i, 3) for i in range(3)] + [t.shard_path("val", i, 2) for i in range(2)]))
+
+    seen = {}
+    for split, count in (("train", 3), ("val", 2)):
+        for i in range(count):
+            reader = ShardReader(str(tmp_path / t.shard_path(split, i, count)))
+            expected = sorted((document_key(d), d.text) for _, d in docs
+                              if t.assign_shard(document_key(d), 0.2, 3, 2) == (split, i))
+            assert len(reader) == len(expected)
+            for j, (key, text) in enumerate(expected):  # sorted by document key inside the shard
+                assert reader[j].tolist() == tok.encode_document(text).tolist()
+                seen[key] = split
+    assert len(seen) == len(texts)
+    assert not [p for p in tmp_path.rglob("*") if ".tmp-" in p.name]  # no temp files left behind
+
+
+def test_write_rejected_counts_and_gzip(tmp_path, beam_pipeline):
+    rejections = [Rejection(id=str(i), source=f"s:{i}", reason="empty" if i % 2 else "nul_bytes", text="")
+                  for i in range(10)]
+    p = beam_pipeline()
+    files = p | beam.Create(rejections) | t.WriteRejected(str(tmp_path), 2)
+    assert_that(files | beam.Map(lambda f: f.rsplit("/", 1)[-1]),
+                equal_to(["rejected-00000-of-00002.jsonl.gz", "rejected-00001-of-00002.jsonl.gz"]))
+    result = p.run()
+    result.wait_until_finish()
+    counters = {c.key.metric.name: c.committed
+                for c in result.metrics().query(MetricsFilter().with_namespace(t.COUNTER_NAMESPACE))["counters"]}
+    assert counters == {"rejected_empty": 5, "rejected_nul_bytes": 5}  # one Beam counter per reason
+    lines = []
+    for path in sorted((tmp_path / "rejected").iterdir()):
+        lines += [json.loads(x) for x in gzip.decompress(path.read_bytes()).splitlines()]
+    assert sorted(r["id"] for r in lines) == sorted(str(i) for i in range(10))
+    assert {r["reason"] for r in lines} == {"empty", "nul_bytes"}

@@ -13,12 +13,16 @@ CASES = [
     ("pipeline.manifest", ["numpy", "torch", "apache_beam", "model", "launch"]),
     ("pipeline.filters", ["torch", "apache_beam", "model", "launch"]),
     ("pipeline.documents", ["torch", "apache_beam", "model", "launch"]),
+    ("pipeline.tokenizer", ["torch", "apache_beam", "model", "launch"]),
+    ("pipeline.builtin_corpus", ["torch", "apache_beam", "model", "launch"]),
     ("pipeline.prepare", ["torch", "model", "launch", "deepspeed"]),
     ("model.decoder", ["deepspeed", "apache_beam", "transformers", "launch", "pipeline"]),
     ("model.generate", ["deepspeed", "apache_beam", "launch", "pipeline"]),
     ("model.export", ["deepspeed", "apache_beam", "launch", "pipeline"]),
     ("launch.data", ["apache_beam", "deepspeed"]),
     ("launch.train", ["apache_beam", "mpi4py"]),
+    ("launch.checkpoint", ["apache_beam", "pipeline"]),
+    ("launch.quickstart", ["apache_beam", "mpi4py"]),
 ]
 
 

@@ -1,0 +1,96 @@
+"""launch/quickstart.py end to end at a reduced size: Beam prepare -> 2-process ZeRO-3 bf16 training interrupted by
+SIGUSR1 and resumed -> Hugging Face export -> samples -> report.md with a loss curve.
+
+    DS_ACCELERATOR=cpu python -m pytest tests/test_quickstart.py
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from launch import quickstart
+from launch.metrics import read_metrics
+from pipeline.manifest import load_manifest
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 16
+SMALL = ["--corpus-mb", "1", "--vocab-size", "512", "--set", f"steps={STEPS}", "--set", "eval_every=8",
+         "--set", "warmup_steps=2", "--set", "checkpoint_every=100", "--set", "log_every=4", "--max-new-tokens", "16"]
+
+
+@pytest.fixture(scope="module")
+def quickstart_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("qs") / "run"
+    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "launch.quickstart", "--out", str(out), *SMALL], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    return out, proc
+
+
+@pytest.mark.slow
+def test_quickstart_end_to_end(quickstart_run):
+    out, proc = quickstart_run
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-6000:]
+    report = json.loads((out / "report.json").read_text())
+    assert all(report["checks"].values()), report["checks"]
+
+    # Data: the manifest accounts for every document and its shards verify.
+    manifest = load_manifest(str(out / "data"), verify=True)
+    docs = manifest["documents"]
+    assert docs["read"] == docs["kept"] + sum(docs["rejected"].values()) and docs["kept"] > 100
+    assert manifest["tokenizer"]["vocab_size"] == 512
+
+    # Training: interrupted by the signal, resumed, every step exactly once, loss fell.
+    assert "SIGUSR1 to rank 0" in log and "preempted: exit 75" in log
+    stopped = int(report["stopped_tag"].removeprefix("step_"))
+    assert STEPS // 2 <= stopped < STEPS
+    steps, evals = read_metrics(str(out / "metrics.jsonl"))
+    assert [s["step"] for s in steps] == list(range(1, STEPS + 1))
+    assert [e["step"] for e in evals] == [8, 16]
+    assert report["loss_last"] < report["loss_first"]
+    assert (out / "logs" / "train-2-rank1.log").exists(), "the resumed start ran both ranks"
+    assert (out / "checkpoints" / f"step_{STEPS:08d}" / "COMPLETE").exists()
+
+    # Export: a directory transformers loads; samples were generated from the trained weights.
+    assert {"config.json", "model.safetensors", "tokenizer_config.json"} <= set(os.listdir(out / "hf"))
+    assert report["max_abs_diff"] <= 1e-4 and report["greedy_matches_transformers"]
+    assert len(report["samples"]) == len(quickstart.PROMPTS)
+    for prompt, sample in zip(quickstart.PROMPTS, report["samples"]):
+        assert sample.startswith(prompt) and len(sample) > len(prompt)
+
+    # Report: the sections and a real PNG image of the curve.
+    text = (out / "report.md").read_text()
+    for heading in ("## Data", "## Training", "## Export", "## Checks", "too_few_words", "![loss curve](loss.png)",
+                    "tokens/s"):
+        assert heading in text, heading
+    png = (out / "loss.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+@pytest.mark.slow
+def test_rerun_refuses_to_mix_runs_then_overwrite_is_scoped(quickstart_run, tmp_path):
+    out, _ = quickstart_run
+    with pytest.raises(ValueError, match="--overwrite"):
+        quickstart.main(["--out", str(out), *SMALL])
+    # --overwrite only clears directories holding nothing but quickstart outputs.
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="did not write"):
+        quickstart.main(["--out", str(out), "--overwrite", *SMALL])
+    assert (out / "report.md").exists() and (out / "notes.txt").exists()
+
+
+def test_config_mistakes_fail_before_any_work(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="stepz"):
+        quickstart.main(["--out", str(out), "--set", "stepz=10"])
+    with pytest.raises(ValueError, match="accumulation|divisible|micro"):
+        quickstart.main(["--out", str(out), "--set", "global_batch=12", "--set", "micro_batch=4"])
+    with pytest.raises(ValueError, match="--stop-at"):
+        quickstart.main(["--out", str(out), "--stop-at", "1.5"])
+    assert not (out / "data").exists(), "nothing was prepared"

@@ -14,7 +14,7 @@ In one run, on the same cores and the same corpus:
 Ratios are the result (pipeline / raw, 2 workers / 1 worker); absolute numbers depend on the machine and
 its load, which is printed (os.getloadavg()).
 
-    python benchmarks/bench_prepare.py --sizes-mb 50 200 --work /tmp/bench-prepare --out benchmarks/RESULTS-prepare.md
+    python benchmarks/bench_prepare.py --sizes-mb 50 200 --work /tmp/bench-prepare --out /tmp/bench-prepare.md
 
 The corpus is the built-in one (pipeline.builtin_corpus, with installed packages' docstrings), cut to each
 size or extended with marked variants of its documents past its end (see corpus_files); it is gathered once

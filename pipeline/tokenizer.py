@@ -12,7 +12,7 @@ random seed, the same sample gives a byte-identical model.
 
 Encoding long documents: SentencePiece's BPE encoder holds ~40 bytes of state per character of the whole input
 (a 20 MB line peaks near 1 GB) and can grow faster than the input (10x the text in one line took 9x to 20x
-the time in benchmarks/RESULTS-data-filters.md). Documents longer than ``ENCODE_CHUNK_CHARS`` (16384) characters are
+the time in benchmarks/RESULTS.md). Documents longer than ``ENCODE_CHUNK_CHARS`` (16384) characters are
 encoded in chunks with this exact rule: a chunk ends just before the last space that follows a non-space
 character within its first 16384 characters (the start of a run of spaces, which is where SentencePiece's
 pieces begin), and every chunk after the first is encoded without the dummy prefix. No piece crosses such a

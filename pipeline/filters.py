@@ -46,7 +46,8 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass, field, fields
-from itertools import compress
+from itertools import compress, repeat
+from operator import add, mul
 
 TOO_FEW_WORDS = "too_few_words"
 TOO_MANY_WORDS = "too_many_words"
@@ -191,18 +192,23 @@ def _lines(text: str):
 
 def quality_reason(text: str, cfg: FilterConfig) -> str | None:
     """The first Gopher quality rule ``text`` fails (see the module docstring for order), or None."""
+    # Fast path for the commonest rejection: words are a subset of tokens, so fewer tokens than min_words
+    # decides it (two thirds of a docstring corpus end here, for the cost of one split).
+    if len(text) <= _CHUNK_CHARS and len(text.split()) < cfg.min_words:
+        return TOO_FEW_WORDS
     # One streaming pass over tokens: counts only, at most one chunk's tokens alive, stopping at max_words.
+    # Each distinct token is classified once and weighted by its count (Counter counts in C; natural text
+    # repeats most of its tokens, so this is a fraction of the per-token work).
     n_words = word_chars = n_tokens = n_alpha = n_stop = 0
     for chunk in _chunks(text, _WHITESPACE):
-        tokens = chunk.split()
-        words = [t for t in tokens if _HAS_ALNUM(t)]
-        n_words += len(words)
+        counts = Counter(chunk.split())
+        n_words += sum(c for t, c in counts.items() if _HAS_ALNUM(t))
         if n_words > cfg.max_words:
             return TOO_MANY_WORDS
-        word_chars += sum(map(len, words))
-        n_tokens += len(tokens)
-        n_alpha += sum(1 for t in tokens if _HAS_ALPHA(t))
-        n_stop += sum(1 for t in tokens if t.strip(_PUNCTUATION).lower() in STOP_WORDS)
+        word_chars += sum(len(t) * c for t, c in counts.items() if _HAS_ALNUM(t))
+        n_tokens += sum(counts.values())
+        n_alpha += sum(c for t, c in counts.items() if _HAS_ALPHA(t))
+        n_stop += sum(c for t, c in counts.items() if t.strip(_PUNCTUATION).lower() in STOP_WORDS)
     if n_words < cfg.min_words:
         return TOO_FEW_WORDS
     if n_words:
@@ -256,7 +262,7 @@ def _covered_chars(lengths: list[int], keys: list[int], n: int, selected) -> int
     """Characters of the tokens covered by the n-grams whose key is in ``selected``, each token counted once."""
     covered = bytearray(len(lengths))
     ones = b"\x01" * n
-    for i in [i for i, k in enumerate(keys) if k in selected]:
+    for i in compress(range(len(keys)), map(selected.__contains__, keys)):
         covered[i:i + n] = ones
     return sum(compress(lengths, covered))
 
@@ -284,19 +290,18 @@ def repetition_reason(text: str, cfg: FilterConfig) -> str | None:
     tokens = text.split()
     # N-grams as exact integer keys, built incrementally: key_n[i] = key_{n-1}[i] * radix + id[i + n - 1] with
     # radix = number of distinct tokens. Python ints are not tracked by the garbage collector (tuples are,
-    # and millions of them make collections super-linear), and each n costs one linear pass.
-    vocabulary: dict[str, int] = {}
-    ids = [vocabulary.setdefault(t, len(vocabulary)) for t in tokens]
+    # and millions of them make collections super-linear), and each n costs one linear pass, run by map()
+    # in C rather than by the interpreter.
+    index = {t: i for i, t in enumerate(dict.fromkeys(tokens))}
+    ids = list(map(index.__getitem__, tokens))
     lengths = list(map(len, tokens))
-    del tokens
-    total, radix = sum(lengths), len(vocabulary)
+    total, radix = sum(lengths), len(index)
+    del tokens, index
     if not total:
         return None
-    keys, chars = ids, lengths  # n = 1: the key and the characters of the n-gram starting at each position
+    keys = ids  # n = 1: the key of the n-gram starting at each position
     for n in range(2, max(DUPLICATE_NGRAM_SIZES) + 1):
-        keys = [k * radix + t for k, t in zip(keys, ids[n - 1:])]
-        if n in TOP_NGRAM_SIZES:
-            chars = [c + length for c, length in zip(chars, lengths[n - 1:])]
+        keys = list(map(add, map(mul, keys, repeat(radix, len(keys) - 1)), ids[n - 1:]))
         if not keys:
             break  # fewer than n tokens
         counts = Counter(keys)
@@ -304,18 +309,34 @@ def repetition_reason(text: str, cfg: FilterConfig) -> str | None:
             top = max(counts.values())
             if top < 2:
                 break  # nothing repeats, so no longer n-gram does either (and no top n-gram to speak of)
-            # The longest (in characters) of the equally most frequent n-grams.
-            best = max((c, k) for k, c in zip(keys, chars) if counts[k] == top)[1]
-            limit = getattr(cfg, f"max_top_{n}gram_char_fraction")
-            if _covered_chars(lengths, keys, n, {best}) > limit * total:
+            # The longest (in characters) of the equally most frequent n-grams; an n-gram's characters are
+            # those of its tokens, so one occurrence of each candidate tells its length.
+            tops = [k for k, c in counts.items() if c == top]
+            if len(tops) <= 8:
+                first = {k: keys.index(k) for k in tops}
+            else:  # one pass instead of one scan per candidate
+                first, wanted = {}, set(tops)
+                for i in compress(range(len(keys)), map(wanted.__contains__, keys)):
+                    first.setdefault(keys[i], i)
+            best_chars, best = max((sum(lengths[i:i + n]), k) for k, i in first.items())
+            limit = getattr(cfg, f"max_top_{n}gram_char_fraction") * total
+            # top * best_chars bounds the covered characters (overlaps only lower it): skip the exact count
+            # when even the bound is within the limit.
+            if top * best_chars > limit and _covered_chars(lengths, keys, n, {best}) > limit:
                 return TOP_NGRAM
         elif n in DUPLICATE_NGRAM_SIZES:
             if len(counts) == len(keys):
                 break  # no n-gram repeats, so no longer one does either
             duplicated = {k for k, c in counts.items() if c > 1}
-            limit = getattr(cfg, f"max_duplicate_{n}gram_char_fraction")
-            if _covered_chars(lengths, keys, n, duplicated) > limit * total:
+            covered = _covered_chars(lengths, keys, n, duplicated)
+            if covered > getattr(cfg, f"max_duplicate_{n}gram_char_fraction") * total:
                 return DUPLICATE_NGRAM
+            # Every duplicated (n+1)-gram is made of duplicated n-grams, so coverage can only shrink as n
+            # grows: once it is within every remaining limit, no longer n-gram can fail. Exact, and most
+            # documents stop here at n = 5 instead of counting 6..10.
+            rest = [getattr(cfg, f"max_duplicate_{m}gram_char_fraction") for m in DUPLICATE_NGRAM_SIZES if m > n]
+            if not rest or covered <= min(rest) * total:
+                break
     return None
 
 

@@ -233,6 +233,65 @@ def test_definitions_by_hand():
         DEFAULT, max_symbol_word_ratio=1.0, min_alpha_words_ratio=0.0)) == "too_few_words"
 
 
+def _naive_ngram_reason(tokens: list[str], cfg: FilterConfig) -> set[str | None]:
+    """The n-gram rules written out plainly (tuples, every n, no early exits): the outcomes they allow.
+
+    A set, because the rules leave open which of several equally frequent, equally long top n-grams counts.
+    """
+    total = sum(map(len, tokens))
+
+    def covered(starts, n):
+        cover = set()
+        for i in starts:
+            cover.update(range(i, i + n))
+        return sum(len(tokens[i]) for i in cover)
+
+    for n in (2, 3, 4):
+        grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+        counts = {g: grams.count(g) for g in set(grams)}
+        if not counts or max(counts.values()) < 2:
+            return {None}
+        top = max(counts.values())
+        longest = max(sum(map(len, g)) for g, c in counts.items() if c == top)
+        limit = getattr(cfg, f"max_top_{n}gram_char_fraction") * total
+        outcomes = {covered([i for i, g in enumerate(grams) if g == best], n) > limit
+                    for best, c in counts.items() if c == top and sum(map(len, best)) == longest}
+        if outcomes == {True}:
+            return {"top_ngram"}
+        if outcomes == {True, False}:
+            return {"top_ngram", None, "duplicate_ngram"}  # it depends on the tie-break: any outcome goes
+    for n in range(5, 11):
+        grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+        dup = [i for i, g in enumerate(grams) if grams.count(g) > 1]
+        if covered(dup, n) > getattr(cfg, f"max_duplicate_{n}gram_char_fraction") * total:
+            return {"duplicate_ngram"}
+    return {None}
+
+
+def test_ngram_rules_match_a_plain_reference_on_random_documents():
+    # Small vocabularies and pasted repeats make every n-gram rule fire somewhere; random limits (later ones
+    # sometimes looser than earlier ones) exercise the early exits of the fast implementation.
+    rng = random.Random(7)
+    words = "river stone lamp cloud north amber quiet field harbor signal".split()
+    off = {f.name: 1.0 for f in dataclasses.fields(FilterConfig) if "duplicate_line" in f.name
+           or "duplicate_paragraph" in f.name}
+    seen = set()
+    for _ in range(400):
+        tokens = [rng.choice(words[:rng.randint(3, 10)]) + rng.choice(["", "", "s", ","]) for _ in range(rng.randint(
+            5, 60))]
+        if rng.random() < 0.5:
+            i, n = rng.randrange(len(tokens)), rng.randint(5, 12)
+            tokens += tokens[i:i + n]
+        limits = {f"max_top_{n}gram_char_fraction": rng.uniform(0.05, 0.6) for n in (2, 3, 4)}
+        limits.update({f"max_duplicate_{n}gram_char_fraction": rng.uniform(0.05, 0.6) for n in range(5, 11)})
+        cfg = dataclasses.replace(DEFAULT, **off, **limits)
+        got = repetition_reason(" ".join(tokens), cfg)
+        allowed = _naive_ngram_reason(tokens, cfg)
+        assert got in allowed, (tokens, limits, got, allowed)
+        seen.add(got)
+    assert seen == {None, "top_ngram", "duplicate_ngram"}
+
+
 @pytest.mark.parametrize("name, value, fragment", [
     ("min_words", -1, "min_words (--min-words)"),
     ("max_symbol_word_ratio", 1.5, "is a fraction"),

@@ -180,15 +180,8 @@ def find_resume_point(run_dir: str) -> ResumePoint | None:
 
 # ---------------------------------------------------------------------------------------------- file helpers
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: str) -> None:
+def _fsync(path: str) -> None:
+    """Flush a file's data, or a directory's entries (a rename is durable only once its directory is synced)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -204,7 +197,7 @@ def _atomic_write(path: str, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(os.path.dirname(path))
+    _fsync(os.path.dirname(path))
 
 
 def _rng_relpath(rank: int) -> str:
@@ -370,7 +363,7 @@ def save(engine, run_dir: str, step: int, client_state: dict, keep_last: int) ->
     for rel in _list_files(tag_dir):
         m = _ZERO_RANK_RE.search(os.path.basename(rel)) or _RNG_RE.match(rel)
         if (int(m.group(1)) if m else 0) == rank:
-            _fsync_file(os.path.join(tag_dir, rel))
+            _fsync(os.path.join(tag_dir, rel))
     pause = _test_pause(step)
     if pause > 0:
         print(f"checkpoint: {tag} shards written, pausing {pause}s before the marker ({PAUSE_ENV})", flush=True)
@@ -381,7 +374,7 @@ def save(engine, run_dir: str, step: int, client_state: dict, keep_last: int) ->
         _atomic_write(os.path.join(tag_dir, CLIENT_STATE), state_json)
         _atomic_write(os.path.join(tag_dir, MODEL_CONFIG), model_json)
         for sub in {os.path.dirname(rel) for rel in _list_files(tag_dir)}:
-            _fsync_dir(os.path.join(tag_dir, sub) if sub else tag_dir)
+            _fsync(os.path.join(tag_dir, sub) if sub else tag_dir)
         marker = {"tag": tag, "step": int(step), "world_size": world_size, "zero_stage": state["zero_stage"],
                   "time": time.time(), "files": _list_files(tag_dir)}
         _atomic_write(os.path.join(tag_dir, MARKER), json.dumps(marker, indent=2).encode())
@@ -475,7 +468,7 @@ def prepare_resume(point: ResumePoint | None, world_size: int, rank: int) -> dic
         _atomic_write(os.path.join(out, MARKER), json.dumps({"source": point.tag,
                                                               "source_world_size": point.world_size}).encode())
         os.rename(out, final)
-        _fsync_dir(ckpt_dir)
+        _fsync(ckpt_dir)
         shutil.rmtree(work, ignore_errors=True)
     elif rank != 0:
         timeout = float(os.environ.get(UNIVERSAL_WAIT_ENV, _DEFAULT_UNIVERSAL_TIMEOUT_S))

@@ -208,26 +208,25 @@ def config_from_dict(raw: dict, where: str = "the run config") -> TrainConfig:
 
 def load_config(path: str, overrides: list[str] | None = None) -> TrainConfig:
     """Read a run config JSON, apply `--set key=value` overrides, validate. Errors name the file and key."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"run config {path} not found; pick one of launch/configs/*.json")
-    with open(path, encoding="utf-8") as f:
-        try:
-            raw = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from e
+    raw = _read_json(path, "run config", "launch/configs/*.json")
     return config_from_dict(apply_overrides(raw, overrides or [], path), path)
 
 
 # ------------------------------------------------------------------------------------------- DeepSpeed config
 
-def load_ds_json(path: str) -> dict:
+def _read_json(path: str, what: str, choices: str):
+    """A JSON file's content; a missing file or bad JSON is an error naming the file and what to pass."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"DeepSpeed config {path} not found; pick one of ds_configs/*.json")
+        raise FileNotFoundError(f"{what} {path} not found; pick one of {choices}")
     with open(path, encoding="utf-8") as f:
         try:
-            ds = json.load(f)
+            return json.load(f)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: not valid JSON ({e})") from e
+
+
+def load_ds_json(path: str) -> dict:
+    ds = _read_json(path, "DeepSpeed config", "ds_configs/*.json")
     if not isinstance(ds, dict):
         raise ValueError(f"{path}: a DeepSpeed config must be a JSON object")
     for key, instead in OWNED_DS_KEYS.items():

@@ -118,3 +118,42 @@ def prepared(tmp_path_factory):
     manifest = run(argv)
     return {"out": str(root / "out"), "inputs": inputs, "manifest": manifest, "kept": kept, "argv": argv,
             "read": len(records) + len(raw)}
+
+
+def random_data_dir(root, vocab: int = 256, seed: int = 0):
+    """A prepared data directory of random documents (no Beam): 2 train shards, 1 val shard, a manifest.
+
+    For tests of the launchers, which need real shards but not real text. ``root`` is a pathlib.Path.
+    """
+    import numpy as np
+
+    from pipeline.manifest import write_manifest
+    from pipeline.shards import write_shard
+
+    rng = np.random.default_rng(seed)
+    shards = []
+    for split, count in (("train", 2), ("val", 1)):
+        for i in range(count):
+            rel = f"{split}/shard-{i:05d}-of-{count:05d}"
+            docs = [np.append(rng.integers(3, vocab, size=rng.integers(20, 200)), 2) for _ in range(60)]
+            (root / split).mkdir(parents=True, exist_ok=True)
+            shards.append({"split": split, "path": rel, **write_shard(str(root / rel), docs, vocab)})
+    tokens = {s: sum(x["tokens"] for x in shards if x["split"] == s) for s in ("train", "val")}
+    docs = sum(x["documents"] for x in shards)
+    write_manifest(str(root), {
+        "documents": {"read": docs, "kept": docs, "rejected": {}}, "tokens": tokens,
+        "tokenizer": {"path": "tokenizer.model", "vocab_size": vocab, "eos_id": 2, "sha256": "0" * 64},
+        "shards": shards, "config": {"source": "random tokens, tests"}})
+    return root
+
+
+def best_seconds(fn, repeats: int) -> float:
+    """The fastest of ``repeats`` calls of ``fn``, in seconds (other work on the machine only adds time)."""
+    import time
+
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 import random
-import time
 
 import pytest
 
-from conftest import gopher_text
+from conftest import best_seconds, gopher_text
 from pipeline import filters
 from pipeline.filters import FilterConfig, quality_reason, reject_reason, repetition_reason
 
@@ -305,15 +304,6 @@ def test_validate_names_the_option(name, value, fragment):
         FilterConfig(min_words=10, max_words=5).validate()
 
 
-def _best_seconds(fn, repeats: int = 2) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def test_cost_is_linear_in_document_length():
     """A 20 MB one-line document costs about as much as a 2 MB one with the default max_words (rejected after one
     chunk), and with max_words lifted, so the repetition rules run over all of it, 10x the text costs ~10x."""
@@ -322,8 +312,8 @@ def test_cost_is_linear_in_document_length():
     small = " ".join(rng.choices(vocabulary, k=330_000))  # ~2 MB, one line
     large = " ".join(rng.choices(vocabulary, k=3_300_000))  # ~20 MB
     assert 1.8e6 < len(small) < 2.4e6 and 18e6 < len(large) < 24e6
-    t_small = _best_seconds(lambda: reject_reason(small, DEFAULT), 3)
-    t_large = _best_seconds(lambda: reject_reason(large, DEFAULT), 3)
+    t_small = best_seconds(lambda: reject_reason(small, DEFAULT), 3)
+    t_large = best_seconds(lambda: reject_reason(large, DEFAULT), 3)
     assert reject_reason(large, DEFAULT) == "too_many_words"
     assert t_large < 5 * max(t_small, 0.01), (t_small, t_large)  # bounded by max_words, not by the length
     del large
@@ -331,6 +321,6 @@ def test_cost_is_linear_in_document_length():
     # Every rule over the whole text: 1 MB vs 10 MB (the 20 MB case costs ~5 s of CPU here, too long for a test).
     unbounded = dataclasses.replace(DEFAULT, max_words=10**9)
     small, large = small[:1_000_000], " ".join(rng.choices(vocabulary, k=1_650_000))[:10_000_000]
-    t_small = _best_seconds(lambda: reject_reason(small, unbounded), 2)
-    t_large = _best_seconds(lambda: reject_reason(large, unbounded), 1)
+    t_small = best_seconds(lambda: reject_reason(small, unbounded), 2)
+    t_large = best_seconds(lambda: reject_reason(large, unbounded), 1)
     assert t_large < 25 * t_small, (t_small, t_large)  # linear: ~10x; quadratic would be ~100x

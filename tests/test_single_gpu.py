@@ -12,34 +12,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from pipeline.manifest import write_manifest
-from pipeline.shards import write_shard
+from conftest import random_data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "launch" / "single_gpu.sh"
-VOCAB = 256
-
-
-def make_data_dir(root: Path, vocab: int = VOCAB, seed: int = 0) -> Path:
-    """A prepared data directory from random documents (no Beam): 2 train shards, 1 val shard, a manifest."""
-    rng = np.random.default_rng(seed)
-    shards = []
-    for split, count in (("train", 2), ("val", 1)):
-        for i in range(count):
-            rel = f"{split}/shard-{i:05d}-of-{count:05d}"
-            docs = [np.append(rng.integers(3, vocab, size=rng.integers(20, 200)), 2) for _ in range(60)]
-            (root / split).mkdir(parents=True, exist_ok=True)
-            shards.append({"split": split, "path": rel, **write_shard(str(root / rel), docs, vocab)})
-    tokens = {s: sum(x["tokens"] for x in shards if x["split"] == s) for s in ("train", "val")}
-    docs = sum(x["documents"] for x in shards)
-    write_manifest(str(root), {
-        "documents": {"read": docs, "kept": docs, "rejected": {}}, "tokens": tokens,
-        "tokenizer": {"path": "tokenizer.model", "vocab_size": vocab, "eos_id": 2, "sha256": "0" * 64},
-        "shards": shards, "config": {"source": "random tokens, tests"}})
-    return root
 
 
 def _has_gpu() -> bool:
@@ -65,7 +43,7 @@ def _steps(run: Path) -> list[int]:
 
 
 def test_cpu_fallback_trains_and_checkpoints(tmp_path):
-    data, run = make_data_dir(tmp_path / "data"), tmp_path / "run"
+    data, run = random_data_dir(tmp_path / "data"), tmp_path / "run"
     proc = subprocess.run(["bash", str(SCRIPT), "--set", "steps=4", "--set", "checkpoint_every=2",
                            "--set", "eval_every=2"],
                           env=_env(data, run), capture_output=True, text=True, timeout=240, cwd="/")
@@ -83,7 +61,7 @@ def test_cpu_fallback_trains_and_checkpoints(tmp_path):
 @pytest.mark.slow
 def test_signal_reaches_trainer_then_rerun_resumes(tmp_path):
     """exec hands the process to Python: SIGUSR1 to the script's pid checkpoints and exits 75; rerun continues."""
-    data, run = make_data_dir(tmp_path / "data"), tmp_path / "run"
+    data, run = random_data_dir(tmp_path / "data"), tmp_path / "run"
     args = ["bash", str(SCRIPT), "--set", "steps=6", "--set", "checkpoint_every=100", "--set", "eval_every=0"]
     proc = subprocess.Popen(args, env=_env(data, run), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 240

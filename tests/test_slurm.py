@@ -15,15 +15,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from pipeline.manifest import write_manifest
-from pipeline.shards import write_shard
+from conftest import random_data_dir
 from slurm_cluster import SlurmCluster, free_port, unavailable_reason
 
 ROOT = Path(__file__).resolve().parents[1]
-VOCAB = 256
 SCRIPT = ROOT / "launch" / "slurm.sh"
 
 
@@ -35,25 +32,6 @@ def needs_cluster(test):
     return test
 
 
-def make_data_dir(root: Path, vocab: int = VOCAB, seed: int = 0) -> Path:
-    """A prepared data directory from random documents (no Beam): 2 train shards, 1 val shard, a manifest."""
-    rng = np.random.default_rng(seed)
-    shards = []
-    for split, count in (("train", 2), ("val", 1)):
-        for i in range(count):
-            rel = f"{split}/shard-{i:05d}-of-{count:05d}"
-            docs = [np.append(rng.integers(3, vocab, size=rng.integers(20, 200)), 2) for _ in range(60)]
-            (root / split).mkdir(parents=True, exist_ok=True)
-            shards.append({"split": split, "path": rel, **write_shard(str(root / rel), docs, vocab)})
-    tokens = {s: sum(x["tokens"] for x in shards if x["split"] == s) for s in ("train", "val")}
-    docs = sum(x["documents"] for x in shards)
-    write_manifest(str(root), {
-        "documents": {"read": docs, "kept": docs, "rejected": {}}, "tokens": tokens,
-        "tokenizer": {"path": "tokenizer.model", "vocab_size": vocab, "eos_id": 2, "sha256": "0" * 64},
-        "shards": shards, "config": {"source": "random tokens, tests"}})
-    return root
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     with SlurmCluster(tmp_path_factory.mktemp("slurm"), nodes=2, cpus=1) as c:
@@ -62,7 +40,7 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    return make_data_dir(tmp_path_factory.mktemp("data"))
+    return random_data_dir(tmp_path_factory.mktemp("data"))
 
 
 def submit(cluster: SlurmCluster, run_dir: Path, data_dir: Path, extra: str) -> int:

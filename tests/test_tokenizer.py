@@ -11,14 +11,13 @@ import pickle
 import random
 import subprocess
 import sys
-import time
 import tracemalloc
 
 import numpy as np
 import pytest
 import sentencepiece as spm
 
-from conftest import gopher_text
+from conftest import best_seconds, gopher_text
 from pipeline.tokenizer import (ENCODE_CHUNK_CHARS, Tokenizer, split_text, train_tokenizer, train_tokenizer_bytes,
                                 training_sentences)
 
@@ -161,23 +160,14 @@ def test_space_free_runs_are_cut_hard_and_still_round_trip(tok):
     assert tok.unk_id not in tok.encode(text)
 
 
-def _best_seconds(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def test_encode_document_cost_is_linear(tok):
     """10x more text in one line costs ~10x the time (not more): 1 MB vs 10 MB."""
     rng = random.Random(5)
     vocabulary = gopher_text(6, 2000).split()
     small = " ".join(rng.choices(vocabulary, k=165_000))[:1_000_000]
     large = " ".join(rng.choices(vocabulary, k=1_650_000))[:10_000_000]
-    t_small = _best_seconds(lambda: tok.encode_document(small), 2)
-    t_large = _best_seconds(lambda: tok.encode_document(large), 1)
+    t_small = best_seconds(lambda: tok.encode_document(small), 2)
+    t_large = best_seconds(lambda: tok.encode_document(large), 1)
     assert t_large < 20 * t_small, (t_small, t_large)
     ids = tok.encode_document(small)
     assert ids[-1] == tok.eos_id and tok.decode(ids) == small

@@ -29,7 +29,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]   # run as a script from anywher
 from launch.metrics import read_metrics  # noqa: E402
 from launch.quickstart import free_port, training_env  # noqa: E402
 from slurm_cluster import SlurmCluster, unavailable_reason  # noqa: E402
-from test_slurm import make_data_dir  # noqa: E402
+from conftest import random_data_dir  # noqa: E402
 
 CONFIG, DS_CONFIG = "launch/configs/tiny.json", "ds_configs/zero3_bf16.json"
 
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     results: dict[str, list[tuple[float, float]]] = {"direct": [], "slurm": []}
     with tempfile.TemporaryDirectory(prefix="bench-launch-") as tmp, SlurmCluster(Path(tmp) / "slurm") as cluster:
-        data = make_data_dir(Path(tmp) / "data")
+        data = random_data_dir(Path(tmp) / "data")
         for i in range(args.repeats):
             for side in ("direct", "slurm") if i % 2 == 0 else ("slurm", "direct"):
                 run = Path(tmp) / f"{side}-{i}"

@@ -311,13 +311,9 @@ def repetition_reason(text: str, cfg: FilterConfig) -> str | None:
                 break  # nothing repeats, so no longer n-gram does either (and no top n-gram to speak of)
             # The longest (in characters) of the equally most frequent n-grams; an n-gram's characters are
             # those of its tokens, so one occurrence of each candidate tells its length.
-            tops = [k for k, c in counts.items() if c == top]
-            if len(tops) <= 8:
-                first = {k: keys.index(k) for k in tops}
-            else:  # one pass instead of one scan per candidate
-                first, wanted = {}, set(tops)
-                for i in compress(range(len(keys)), map(wanted.__contains__, keys)):
-                    first.setdefault(keys[i], i)
+            first, wanted = {}, {k for k, c in counts.items() if c == top}
+            for i in compress(range(len(keys)), map(wanted.__contains__, keys)):
+                first.setdefault(keys[i], i)
             best_chars, best = max((sum(lengths[i:i + n]), k) for k, i in first.items())
             limit = getattr(cfg, f"max_top_{n}gram_char_fraction") * total
             # top * best_chars bounds the covered characters (overlaps only lower it): skip the exact count

@@ -6,8 +6,13 @@ import gzip
 import json
 import os
 import random
+import time
 
+import numpy as np
 import pytest
+
+from pipeline.manifest import write_manifest
+from pipeline.shards import write_shard
 
 # Common English words; the stop words (the, be, to, of, and, that, have, with) appear often enough that
 # every generated document has several, and the pool is large enough that no n-gram dominates.
@@ -125,11 +130,6 @@ def random_data_dir(root, vocab: int = 256, seed: int = 0):
 
     For tests of the launchers, which need real shards but not real text. ``root`` is a pathlib.Path.
     """
-    import numpy as np
-
-    from pipeline.manifest import write_manifest
-    from pipeline.shards import write_shard
-
     rng = np.random.default_rng(seed)
     shards = []
     for split, count in (("train", 2), ("val", 1)):
@@ -149,8 +149,6 @@ def random_data_dir(root, vocab: int = 256, seed: int = 0):
 
 def best_seconds(fn, repeats: int) -> float:
     """The fastest of ``repeats`` calls of ``fn``, in seconds (other work on the machine only adds time)."""
-    import time
-
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()

@@ -56,14 +56,18 @@ def builtin_files(work: str) -> list[str]:
     return sorted(glob.glob(os.path.join(out, "*.jsonl.gz")))
 
 
-def corpus_files(work: str, size_mb: int) -> list[str]:
-    """``size_mb`` MB of text (UTF-8) in files of ~8 MB, written once into WORK/corpus-<size>.
+def corpus_files(work: str, size_mb: int, file_mb: float = 2.0) -> list[str]:
+    """``size_mb`` MB of text (UTF-8) in files of ~``file_mb`` MB, written once into WORK/corpus-<size>-f<file_mb>.
+
+    The prepare pipeline parallelizes over files (a gzip file is read start to end by one worker), so a
+    corpus needs many more files than workers, as real ones have (thousands of files); 50 MB in 8 MB files
+    would leave one of two workers idle for a third of the read stage.
 
     The built-in corpus in its own order; past its end (it holds ~80 MB here) the documents come again as
     variants, each with a last line "[variant k]" so exact dedup keeps them: realistic text for the
     tokenizer and filters, and every document distinct.
     """
-    out = os.path.join(work, f"corpus-{size_mb}")
+    out = os.path.join(work, f"corpus-{size_mb}-f{file_mb:g}")
     if os.path.exists(os.path.join(out, "DONE")):
         return sorted(glob.glob(os.path.join(out, "*.jsonl.gz")))
     shutil.rmtree(out, ignore_errors=True)
@@ -78,7 +82,7 @@ def corpus_files(work: str, size_mb: int) -> list[str]:
                     rec = json.loads(line)
                     if variant:
                         rec = {"id": f"{rec['id']}#v{variant}", "text": f"{rec['text']}\n\n[variant {variant}]"}
-                    if f is None or in_file >= 8_000_000:
+                    if f is None or in_file >= file_mb * 1e6:
                         if f is not None:
                             f.close()
                         f = gzip.open(os.path.join(out, f"part-{part:05d}.jsonl.gz"), "wt", encoding="utf-8",
@@ -189,18 +193,18 @@ def main(argv=None) -> None:
     parser.add_argument("--sizes-mb", type=int, nargs="+", default=[50, 200])
     parser.add_argument("--work", default="/tmp/bench-prepare")
     parser.add_argument("--out", default=None, help="append a markdown report to this file")
+    parser.add_argument("--file-mb", type=float, default=2.0, help="size of each corpus file (MB of text)")
     parser.add_argument("--one-worker-sizes", type=int, nargs="*", default=None,
-                        help="sizes that also get the 1-worker and raw runs (default: the first size)")
+                        help="sizes that also get the 1-worker and raw runs (default: every size)")
     args = parser.parse_args(argv)
     os.makedirs(args.work, exist_ok=True)
     full = args.sizes_mb if args.one_worker_sizes is None else args.one_worker_sizes
-    full = full[:1] if args.one_worker_sizes is None else full
 
     lines = [f"load average before: {os.getloadavg()}, cpus: {os.cpu_count()}"]
     print(lines[0], flush=True)
     model_path = os.path.join(args.work, "tokenizer.model")
     for size in args.sizes_mb:
-        files = corpus_files(args.work, size)
+        files = corpus_files(args.work, size, args.file_mb)
         texts = read_texts(files)
         mb = sum(len(t.encode("utf-8")) for t in texts) / 1e6
         if not os.path.exists(model_path):

@@ -12,7 +12,7 @@ through Beam's ``FileSystems`` (local paths and ``gs://`` alike). ``pipeline.pre
     TrainTokenizer / GivenTokenizer   -> one tokenizer-info dict (model bytes, vocab size, eos, sha256)
     TokenizeAndAssign             Document -> ((split, shard), ((document_key, dedup_key), token bytes))
     WriteShards                   per shard: sort by key, stream through ShardWriter, temp name, rename .idx last
-    WriteRejected                 every Rejection -> DIR/rejected/rejected-SSSSS-of-NNNNN.jsonl.gz
+    WriteRejected                 each stage's Rejections -> DIR/rejected/STAGE-SSSSS-of-NNNNN.jsonl.gz
     WriteManifest                 counts + shard stats + tokenizer -> DIR/manifest.json (written last)
 
 Heavy objects (the tokenizer, a Hugging Face dataset) are built in ``setup()`` or once per worker, never
@@ -27,11 +27,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import uuid
 from typing import BinaryIO, Iterator
 
 import apache_beam as beam
 import numpy as np
+import zstandard
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
@@ -354,17 +356,42 @@ class GopherFilter(beam.PTransform):
 # Exact dedup across the whole corpus
 
 
+_ZSTD = threading.local()  # zstandard contexts are not thread-safe, and a worker runs bundles in threads
+
+
+def _zstd():
+    if not hasattr(_ZSTD, "compressor"):
+        _ZSTD.compressor, _ZSTD.decompressor = zstandard.ZstdCompressor(level=1), zstandard.ZstdDecompressor()
+    return _ZSTD
+
+
+def pack_document(doc: Document) -> tuple[str, str, bool, bytes]:
+    """A Document as it crosses the dedup shuffle, its text zstd-compressed (level 1).
+
+    Every kept document passes through that shuffle, so its size is what the runner holds (the local runner
+    keeps it in memory and hands each worker its share in one piece) and what a Dataflow shuffle bills.
+    Measured on docstrings: 1.8x smaller, ~8 ms per MB of text to compress and ~4 ms to decompress.
+    """
+    return doc.id, doc.source, doc.derived_id, _zstd().compressor.compress(doc.text.encode("utf-8"))
+
+
+def unpack_document(packed: tuple[str, str, bool, bytes]) -> Document:
+    doc_id, source, derived_id, text = packed
+    return Document(id=doc_id, text=_zstd().decompressor.decompress(text).decode("utf-8"), source=source,
+                    derived_id=derived_id)
+
+
 class _PickRepresentativeFn(beam.DoFn):
-    """(dedup_key, docs) -> the doc with the smallest (document_key, source); the rest are exact_duplicate.
+    """(dedup_key, packed docs) -> the doc with the smallest (document_key, source); the rest are exact_duplicate.
 
     Streams over the group keeping one candidate, so a key shared by many copies costs one document of
     worker memory beyond what the runner groups.
     """
 
     def process(self, element):
-        dkey, docs = element
+        dkey, packed_docs = element
         best, best_rank = None, None
-        for doc in docs:
+        for doc in map(unpack_document, packed_docs):
             rank = (documents.document_key(doc), doc.source)
             if best is None or rank < best_rank:
                 if best is not None:
@@ -381,7 +408,7 @@ class ExactDedup(beam.PTransform):
     def expand(self, docs):
         out = (
             docs
-            | "KeyByContent" >> beam.Map(lambda d: (documents.dedup_key(d.text), d))
+            | "KeyByContent" >> beam.Map(lambda d: (documents.dedup_key(d.text), pack_document(d)))
             | "GroupByContent" >> beam.GroupByKey()
             | "PickRepresentative" >> beam.ParDo(_PickRepresentativeFn()).with_outputs("rejected", main="unique")
         )
@@ -638,25 +665,39 @@ class _CountRejectedFn(beam.DoFn):
 
 
 class WriteRejected(beam.PTransform):
-    """Rejections -> DIR/rejected/rejected-SSSSS-of-NNNNN.jsonl.gz (fixed names; which file holds which record
-    depends on bundling). Returns the written file names."""
+    """Rejections -> DIR/rejected/STAGE-SSSSS-of-NNNNN.jsonl.gz; returns the written file names.
 
-    def __init__(self, output_dir: str, num_files: int):
+    One instance per stage that drops records (parse, quality, dedup), applied to that stage's output with
+    no Flatten in between, so the runner fuses the formatting and writing into the stage itself: the rejected
+    text (often most of a web corpus) is never shuffled, materialized by the runner or re-read by a later
+    stage. ``num_files`` 0 (the default) writes one file per bundle; a positive count shuffles the records
+    into exactly that many files. Which file holds which record depends on bundling either way; the
+    manifest lists the files.
+    """
+
+    def __init__(self, output_dir: str, stage: str, num_files: int = 0):
         super().__init__()
-        self.output_dir, self.num_files = output_dir, num_files
+        self.output_dir, self.stage, self.num_files = output_dir, stage, num_files
 
     def expand(self, rejected):
         return (
             rejected
             | "CountAndFormat" >> beam.ParDo(_CountRejectedFn())
             | "Write" >> beam.io.WriteToText(
-                _join(self.output_dir, REJECTED_DIR, "rejected"),
+                _join(self.output_dir, REJECTED_DIR, self.stage),
                 file_name_suffix=".jsonl.gz",
                 num_shards=self.num_files,
                 shard_name_template="-SSSSS-of-NNNNN",
                 compression_type=CompressionTypes.GZIP,
             )
         )
+
+
+class CountRejected(beam.PTransform):
+    """Rejections -> (reason, count) pairs; combined where the records are (only the counts move)."""
+
+    def expand(self, rejected):
+        return rejected | "Reason" >> beam.Map(lambda r: r.reason) | "PerReason" >> beam.combiners.Count.PerElement()
 
 
 def build_manifest(read: int, rejected: dict[str, int], shard_stats: list[dict], info: dict, config: dict,
@@ -700,21 +741,21 @@ class _WriteManifestFn(beam.DoFn):
 
 
 class WriteManifest(beam.PTransform):
-    """PBegin -> [manifest]: runs after every shard, the tokenizer and the rejected files are in place."""
+    """PBegin -> [manifest]: runs after every shard, the tokenizer and the rejected files are in place.
 
-    def __init__(self, output_dir: str, config: dict, records, rejected, shard_stats, tokenizer, rejected_files):
+    ``reason_counts`` are (reason, count) pairs (CountRejected of each dropping stage, flattened: a reason may
+    appear more than once); ``rejected_files`` the names returned by every WriteRejected.
+    """
+
+    def __init__(self, output_dir: str, config: dict, records, reason_counts, shard_stats, tokenizer, rejected_files):
         super().__init__()
         self.output_dir, self.config = output_dir, config
-        self.records, self.rejected, self.shard_stats = records, rejected, shard_stats
+        self.records, self.reason_counts, self.shard_stats = records, reason_counts, shard_stats
         self.tokenizer, self.rejected_files = tokenizer, rejected_files
 
     def expand(self, pbegin):
         read = self.records | "CountRead" >> beam.combiners.Count.Globally()
-        per_reason = (
-            self.rejected
-            | "Reason" >> beam.Map(lambda r: r.reason)
-            | "CountPerReason" >> beam.combiners.Count.PerElement()
-        )
+        per_reason = self.reason_counts | "SumPerReason" >> beam.CombinePerKey(sum)
         AsList, AsDict, AsSingleton = beam.pvalue.AsList, beam.pvalue.AsDict, beam.pvalue.AsSingleton
         return (
             pbegin
@@ -725,4 +766,3 @@ class WriteManifest(beam.PTransform):
                 AsList(self.rejected_files),
             )
         )
-

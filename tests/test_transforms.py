@@ -8,6 +8,7 @@ import gzip
 import io
 import json
 import random
+import re
 
 import pytest
 
@@ -103,6 +104,14 @@ def test_build_manifest_checks_read_equals_kept_plus_rejected():
     assert [s["split"] for s in m["shards"]] == ["train", "val"]
     with pytest.raises(AssertionError, match="lost or duplicated"):
         t.build_manifest(7, {"empty": 2}, shards, info, {})
+
+
+def test_packed_documents_round_trip_smaller():
+    docs = [Document(id="a", text="Ünïcode text, tabs\tand\nnew lines. " * 40, source="f.jsonl:1"),
+            Document(id="f.txt", text="x", source="f.txt", derived_id=True)]
+    packed = [t.pack_document(d) for d in docs]
+    assert [t.unpack_document(p) for p in packed] == docs
+    assert len(packed[0][3]) < len(docs[0].text.encode("utf-8")) / 4  # repetitive text: zstd shrinks it
 
 
 def test_rejected_line_is_utf8_even_with_surrogates():
@@ -204,18 +213,25 @@ def test_tokenize_and_write_shards(tmp_path, make_text, beam_pipeline):
     assert not [p for p in tmp_path.rglob("*") if ".tmp-" in p.name]  # no temp files left behind
 
 
-def test_write_rejected_counts_and_gzip(tmp_path, beam_pipeline):
+@pytest.mark.parametrize("num_files", [2, 0])
+def test_write_rejected_counts_and_gzip(tmp_path, beam_pipeline, num_files):
     rejections = [Rejection(id=str(i), source=f"s:{i}", reason="empty" if i % 2 else "nul_bytes", text="")
                   for i in range(10)]
     p = beam_pipeline()
-    files = p | beam.Create(rejections) | t.WriteRejected(str(tmp_path), 2)
-    assert_that(files | beam.Map(lambda f: f.rsplit("/", 1)[-1]),
-                equal_to(["rejected-00000-of-00002.jsonl.gz", "rejected-00001-of-00002.jsonl.gz"]))
+    rejected = p | beam.Create(rejections)
+    files = rejected | t.WriteRejected(str(tmp_path), "quality", num_files)
+    names = files | beam.Map(lambda f: f.rsplit("/", 1)[-1])
+    if num_files:
+        assert_that(names, equal_to(["quality-00000-of-00002.jsonl.gz", "quality-00001-of-00002.jsonl.gz"]))
+    assert_that(rejected | t.CountRejected(), equal_to([("empty", 5), ("nul_bytes", 5)]), label="counts")
     result = p.run()
     result.wait_until_finish()
     counters = {c.key.metric.name: c.committed
                 for c in result.metrics().query(MetricsFilter().with_namespace(t.COUNTER_NAMESPACE))["counters"]}
     assert counters == {"rejected_empty": 5, "rejected_nul_bytes": 5}  # one Beam counter per reason
+    # With num_files 0 there is one file per bundle, as many as the runner made bundles, named after the stage.
+    on_disk = sorted(f.name for f in (tmp_path / "rejected").iterdir())
+    assert on_disk and all(re.fullmatch(r"quality-\d{5}-of-\d{5}\.jsonl\.gz", n) for n in on_disk), on_disk
     lines = []
     for path in sorted((tmp_path / "rejected").iterdir()):
         lines += [json.loads(x) for x in gzip.decompress(path.read_bytes()).splitlines()]

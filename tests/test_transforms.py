@@ -10,6 +10,7 @@ import json
 import random
 import re
 
+import numpy as np
 import pytest
 
 beam = pytest.importorskip("apache_beam")
@@ -211,6 +212,33 @@ def test_tokenize_and_write_shards(tmp_path, make_text, beam_pipeline):
                 seen[key] = split
     assert len(seen) == len(texts)
     assert not [p for p in tmp_path.rglob("*") if ".tmp-" in p.name]  # no temp files left behind
+
+
+def test_rejected_records_are_formatted_in_blocks_of_whole_lines(beam_pipeline):
+    rejections = [Rejection(id=str(i), source=f"s:{i}", reason="empty", text="line one\nline two") for i in range(10)]
+    with beam_pipeline() as p:
+        blocks = p | beam.Create(rejections) | beam.ParDo(t._FormatRejectedFn(block_chars=200))
+        lines = blocks | beam.FlatMap(lambda b: b.split("\n")) | beam.Map(lambda x: json.loads(x)["id"])
+        assert_that(lines, equal_to([str(i) for i in range(10)]), label="lines")
+        assert_that(blocks | beam.combiners.Count.Globally(), _more_than_one, label="several blocks")
+
+
+def _more_than_one(counts):
+    assert counts[0] > 1, f"expected several blocks, got {counts[0]}"
+
+
+def test_write_shards_writes_empty_shards_too(tmp_path, make_text, beam_pipeline):
+    info = t.tokenizer_info(train_tokenizer_bytes([make_text(300)], 320), trained=False)
+    one = ((("train", 2), (("id:a", "k"), np.array([5, 6, 2], np.uint16).tobytes())))
+    with beam_pipeline() as p:
+        tokenizer = p | "Tok" >> beam.Create([info])
+        stats = p | beam.Create([one]) | t.WriteShards(tokenizer, str(tmp_path), 4, 1)
+        assert_that(stats | beam.Map(lambda s: (s["path"], s["documents"], s["tokens"])), equal_to(
+            [(t.shard_path("train", i, 4), int(i == 2), 3 * (i == 2)) for i in range(4)]
+            + [(t.shard_path("val", 0, 1), 0, 0)]))
+    for i in range(4):
+        assert len(ShardReader(str(tmp_path / t.shard_path("train", i, 4)))) == int(i == 2)
+    assert len(ShardReader(str(tmp_path / t.shard_path("val", 0, 1)))) == 0
 
 
 @pytest.mark.parametrize("num_files", [2, 0])

@@ -320,11 +320,12 @@ def repetition_reason(text: str, cfg: FilterConfig) -> str | None:
 
     tokens = text.split()
     # N-grams as exact integer keys, built incrementally: key_n(i) = key_{n-1}(i) * radix + id[i + n - 1], where
-    # a token's id is the position of its first occurrence and radix = number of tokens. Python ints are not tracked by the garbage collector (tuples are,
-    # and millions of them make collections super-linear), and every step is a map() run in C rather than
-    # by the interpreter. An n-gram can only occur twice if the (n-1)-gram it starts with does, so after
-    # n = 2 only the starts of repeated n-grams are followed: in natural text 16% of positions at n = 2, 8%
-    # at n = 3; every n-gram left behind occurs once and can neither be the top n-gram nor duplicated.
+    # a token's id is the position of its first occurrence and radix = number of tokens. Python ints are not
+    # tracked by the garbage collector (tuples are, and millions of them make collections super-linear), and
+    # every step is a map() run in C rather than by the interpreter. An n-gram can only occur twice if the
+    # (n-1)-gram it starts with does, so after n = 2 only the starts of repeated n-grams are followed (16% of
+    # positions at n = 2 in docstrings, 8% at n = 3); every n-gram left behind occurs once and can neither be
+    # the top n-gram nor duplicated.
     ids = list(map({}.setdefault, tokens, count()))
     lengths = list(map(len, tokens))
     total, radix = sum(lengths), len(tokens)
@@ -333,9 +334,12 @@ def repetition_reason(text: str, cfg: FilterConfig) -> str | None:
         return None
     starts, keys = range(len(ids)), ids  # n = 1: every position, keyed by its token
     for n in range(2, max(DUPLICATE_NGRAM_SIZES) + 1):
-        starts = starts[:bisect_right(starts, len(ids) - n)]  # an n-gram must end inside the text
-        next_ids = map(ids.__getitem__, map(add, starts, repeat(n - 1)))
-        keys = list(map(add, map(mul, keys[:len(starts)], repeat(radix)), next_ids))
+        if isinstance(starts, range):  # every position still followed: the next tokens are a slice
+            starts, next_ids = range(len(ids) - n + 1), ids[n - 1:]
+        else:
+            starts = starts[:bisect_right(starts, len(ids) - n)]  # an n-gram must end inside the text
+            next_ids = map(ids.__getitem__, map(add, starts, repeat(n - 1)))
+        keys = list(map(add, map(mul, keys, repeat(radix, len(starts))), next_ids))
         counts = Counter(keys)
         top = max(counts.values(), default=0)
         if top < 2:
@@ -353,8 +357,11 @@ def repetition_reason(text: str, cfg: FilterConfig) -> str | None:
             if top * best_chars > limit and \
                     _covered_chars(lengths, compress(starts, map(best.__eq__, keys)), n) > limit:
                 return TOP_NGRAM
-        repeated = list(map(gt, map(counts.__getitem__, keys), repeat(1)))
-        starts, keys = list(compress(starts, repeated)), list(compress(keys, repeated))
+        # Follow only the repeated n-grams' starts from here on, unless most n-grams repeat (long repetitive
+        # documents), where selecting them would cost more than it saves. The n >= 5 rules need them anyway.
+        if n in DUPLICATE_NGRAM_SIZES or 2 * list(counts.values()).count(1) > len(keys):
+            repeated = list(map(gt, map(counts.__getitem__, keys), repeat(1)))
+            starts, keys = list(compress(starts, repeated)), list(compress(keys, repeated))
         if n in DUPLICATE_NGRAM_SIZES:
             covered = _covered_chars(lengths, starts, n)
             if covered > getattr(cfg, f"max_duplicate_{n}gram_char_fraction") * total:

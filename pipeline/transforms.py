@@ -10,7 +10,7 @@ through Beam's ``FileSystems`` (local paths and ``gs://`` alike). ``pipeline.pre
     ExactDedup                    global GroupByKey on dedup_key; the smallest (document_key, source) stays
     SampleForTokenizer            bottom-k by hash of document_key, up to a character budget
     TrainTokenizer / GivenTokenizer   -> one tokenizer-info dict (model bytes, vocab size, eos, sha256)
-    TokenizeAndAssign             Document -> ((split, shard), ((document_key, dedup_key), token bytes))
+    TokenizeAndAssign             Document -> ((split, shard), [((document_key, dedup_key), token bytes), ...])
     WriteShards                   per shard: sort by key, stream through ShardWriter, temp name, rename .idx last
     WriteRejected                 each stage's Rejections -> DIR/rejected/STAGE-SSSSS-of-NNNNN.jsonl.gz
     WriteManifest                 counts + shard stats + tokenizer -> DIR/manifest.json (written last)
@@ -550,14 +550,18 @@ class GivenTokenizer(beam.PTransform):
 
 
 class _TokenizeFn(beam.DoFn):
-    """(dedup_key, Document) -> ((split, shard), ((document_key, dedup_key), token bytes)).
+    """(dedup_key, Document) -> ((split, shard), [((document_key, dedup_key), token bytes), ...]).
 
     Tokens travel as raw bytes in the shard dtype (uint16 for vocabularies < 65500): half the size of the
-    UTF-8 text for typical English, and exactly what ShardWriter writes.
+    UTF-8 text for typical English, and exactly what ShardWriter writes. Documents leave in batches per shard
+    of about ``batch_bytes`` token bytes: the shard grouping then handles one element per batch instead of one
+    per document (the local runner does that grouping in its launching process, serially), and a worker holds
+    at most one open batch per shard.
     """
 
-    def __init__(self, val_fraction: float, train_shards: int, val_shards: int):
+    def __init__(self, val_fraction: float, train_shards: int, val_shards: int, batch_bytes: int = 1 << 20):
         self.val_fraction, self.train_shards, self.val_shards = val_fraction, train_shards, val_shards
+        self.batch_bytes = batch_bytes
         self.kept = Metrics.counter(COUNTER_NAMESPACE, "kept")
         self.tokens = Metrics.counter(COUNTER_NAMESPACE, "tokens")
         self._tok, self._sha, self._dtype = None, None, None
@@ -572,27 +576,43 @@ class _TokenizeFn(beam.DoFn):
             self._dtype = dtype_for_vocab(info["vocab_size"])
         return self._tok
 
+    def start_bundle(self):
+        self._batches: dict[tuple[str, int], tuple[list, int]] = {}  # shard -> (items, token bytes)
+
     def process(self, element, info):
         dkey, doc = element
         tok = self._tokenizer(info)
         key = documents.document_key(doc)
-        split, shard = assign_shard(key, self.val_fraction, self.train_shards, self.val_shards)
+        shard = assign_shard(key, self.val_fraction, self.train_shards, self.val_shards)
         ids = tok.encode_document(doc.text)
         self.kept.inc()
         self.tokens.inc(len(ids))
-        yield (split, shard), ((key, dkey), ids.astype(self._dtype).tobytes())
+        token_bytes = ids.astype(self._dtype).tobytes()
+        items, size = self._batches.get(shard, ([], 0))
+        items.append(((key, dkey), token_bytes))
+        size += len(token_bytes)
+        if size >= self.batch_bytes:
+            self._batches.pop(shard, None)
+            yield shard, items
+        else:
+            self._batches[shard] = (items, size)
+
+    def finish_bundle(self):
+        for shard, (items, _) in sorted(self._batches.items()):
+            yield WindowedValue((shard, items), GlobalWindow().max_timestamp(), [GlobalWindow()])
+        self._batches = {}
 
 
 class TokenizeAndAssign(beam.PTransform):
-    """(dedup_key, Document) -> shard-keyed token bytes; the tokenizer info arrives as a singleton side input."""
+    """(dedup_key, Document) -> shard-keyed batches of token bytes; the tokenizer info is a singleton side input."""
 
-    def __init__(self, tokenizer, val_fraction: float, train_shards: int, val_shards: int):
+    def __init__(self, tokenizer, val_fraction: float, train_shards: int, val_shards: int, batch_bytes: int = 1 << 20):
         super().__init__()
-        self.tokenizer = tokenizer
+        self.tokenizer, self.batch_bytes = tokenizer, batch_bytes
         self.val_fraction, self.train_shards, self.val_shards = val_fraction, train_shards, val_shards
 
     def expand(self, unique):
-        fn = _TokenizeFn(self.val_fraction, self.train_shards, self.val_shards)
+        fn = _TokenizeFn(self.val_fraction, self.train_shards, self.val_shards, self.batch_bytes)
         return unique | "Encode" >> beam.ParDo(fn, beam.pvalue.AsSingleton(self.tokenizer))
 
 
@@ -620,15 +640,15 @@ def _write_shard(output_dir: str, counts: dict[str, int], split: str, index: int
 
 
 class _WriteShardFn(beam.DoFn):
-    """((split, shard), values) -> shard stats: sorts the shard's (key, tokens) pairs and writes the shard."""
+    """((split, shard), batches) -> shard stats: sorts the shard's (key, tokens) pairs and writes the shard."""
 
     def __init__(self, output_dir: str, counts: dict[str, int]):
         self.output_dir, self.counts = output_dir, counts
 
     def process(self, element, info):
-        (split, index), values = element
+        (split, index), batches = element
         # Memory: the shard's token bytes (not its text) are held to sort them; the runner has grouped them.
-        items = sorted(values)
+        items = sorted(item for batch in batches for item in batch)
         for a, b in zip(items, items[1:]):
             assert a[0] != b[0], f"two kept documents share the sort key {a[0]}; dedup should have removed one"
         yield _write_shard(self.output_dir, self.counts, split, index, items, dtype_for_vocab(info["vocab_size"]))
@@ -647,7 +667,7 @@ class _WriteEmptyShardFn(beam.DoFn):
 
 
 class WriteShards(beam.PTransform):
-    """Shard-keyed token bytes -> one stats dict per shard (every shard exists, empty ones included).
+    """Shard-keyed batches of token bytes -> one stats dict per shard (every shard exists, empty ones included).
 
     Empty shards are written by a separate small step after the others (a side input of their stats), not by
     flattening placeholders into the token stream: a Flatten of differently-typed collections makes the local

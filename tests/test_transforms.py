@@ -186,7 +186,8 @@ def test_parse_filter_dedup_stages(make_text, beam_pipeline):
         ]), label="rejected")
 
 
-def test_tokenize_and_write_shards(tmp_path, make_text, beam_pipeline):
+@pytest.mark.parametrize("batch_bytes", [1 << 20, 64])  # one batch per shard; a batch every document or two
+def test_tokenize_and_write_shards(tmp_path, make_text, beam_pipeline, batch_bytes):
     texts = {f"d{i:02d}": make_text(100 + i) for i in range(30)}
     model = train_tokenizer_bytes(list(texts.values()), 400)
     info = t.tokenizer_info(model, trained=False)
@@ -195,7 +196,7 @@ def test_tokenize_and_write_shards(tmp_path, make_text, beam_pipeline):
     out = str(tmp_path)
     with beam_pipeline() as p:
         tokenizer = p | "Tok" >> beam.Create([info])
-        keyed = p | beam.Create(docs) | t.TokenizeAndAssign(tokenizer, 0.2, 3, 2)
+        keyed = p | beam.Create(docs) | t.TokenizeAndAssign(tokenizer, 0.2, 3, 2, batch_bytes)
         stats = keyed | t.WriteShards(tokenizer, out, 3, 2)
         assert_that(stats | beam.Map(lambda s: s["path"]), equal_to(
             [t.shard_path("train", i, 3) for i in range(3)] + [t.shard_path("val", i, 2) for i in range(2)]))
@@ -229,7 +230,7 @@ def _more_than_one(counts):
 
 def test_write_shards_writes_empty_shards_too(tmp_path, make_text, beam_pipeline):
     info = t.tokenizer_info(train_tokenizer_bytes([make_text(300)], 320), trained=False)
-    one = ((("train", 2), (("id:a", "k"), np.array([5, 6, 2], np.uint16).tobytes())))
+    one = (("train", 2), [(("id:a", "k"), np.array([5, 6, 2], np.uint16).tobytes())])
     with beam_pipeline() as p:
         tokenizer = p | "Tok" >> beam.Create([info])
         stats = p | beam.Create([one]) | t.WriteShards(tokenizer, str(tmp_path), 4, 1)

@@ -10,7 +10,7 @@ through Beam's ``FileSystems`` (local paths and ``gs://`` alike). ``pipeline.pre
     ExactDedup                    global GroupByKey on dedup_key; the smallest (document_key, source) stays
     SampleForTokenizer            bottom-k by hash of document_key, up to a character budget
     TrainTokenizer / GivenTokenizer   -> one tokenizer-info dict (model bytes, vocab size, eos, sha256)
-    TokenizeAndAssign             Document -> ((split, shard), [((document_key, dedup_key), token bytes), ...])
+    TokenizeAndAssign             Document -> ((split, shard), compressed batch of ((doc key, dedup key), token bytes))
     WriteShards                   per shard: sort by key, stream through ShardWriter, temp name, rename .idx last
     WriteRejected                 each stage's Rejections -> DIR/rejected/STAGE-SSSSS-of-NNNNN.jsonl.gz
     WriteManifest                 counts + shard stats + tokenizer -> DIR/manifest.json (written last)
@@ -383,6 +383,22 @@ def unpack_document(packed: tuple[str, str, bool, bytes]) -> Document:
                     derived_id=derived_id)
 
 
+def pack_token_batch(items: list[tuple[tuple[str, str], bytes]]) -> tuple[list, list[int], bytes]:
+    """A batch of ((document_key, dedup_key), token bytes) as it crosses the shard shuffle: the keys, the byte
+    length of each document's tokens, and all tokens in one zstd frame (level 1). One frame per ~1 MB batch
+    compresses token ids 2.8x on docstrings (one frame per document: 1.35x) for ~2.4 ms per MB."""
+    return [k for k, _ in items], [len(b) for _, b in items], _zstd().compressor.compress(b"".join(b for _, b in items))
+
+
+def unpack_token_batch(packed: tuple[list, list[int], bytes]) -> list[tuple[tuple[str, str], bytes]]:
+    keys, lengths, blob = packed
+    data, items, start = _zstd().decompressor.decompress(blob), [], 0
+    for key, n in zip(keys, lengths):
+        items.append((tuple(key), data[start:start + n]))
+        start += n
+    return items
+
+
 class _PickRepresentativeFn(beam.DoFn):
     """(dedup_key, packed docs) -> the doc with the smallest (document_key, source); the rest are exact_duplicate.
 
@@ -550,13 +566,13 @@ class GivenTokenizer(beam.PTransform):
 
 
 class _TokenizeFn(beam.DoFn):
-    """(dedup_key, Document) -> ((split, shard), [((document_key, dedup_key), token bytes), ...]).
+    """(dedup_key, Document) -> ((split, shard), packed batch of ((document_key, dedup_key), token bytes)).
 
     Tokens travel as raw bytes in the shard dtype (uint16 for vocabularies < 65500): half the size of the
     UTF-8 text for typical English, and exactly what ShardWriter writes. Documents leave in batches per shard
-    of about ``batch_bytes`` token bytes: the shard grouping then handles one element per batch instead of one
-    per document (the local runner does that grouping in its launching process, serially), and a worker holds
-    at most one open batch per shard.
+    of about ``batch_bytes`` token bytes, compressed (pack_token_batch): the shard grouping then handles one
+    element per batch instead of one per document (the local runner does that grouping in its launching
+    process, serially) and 2.8x fewer bytes, and a worker holds at most one open batch per shard.
     """
 
     def __init__(self, val_fraction: float, train_shards: int, val_shards: int, batch_bytes: int = 1 << 20):
@@ -593,13 +609,13 @@ class _TokenizeFn(beam.DoFn):
         size += len(token_bytes)
         if size >= self.batch_bytes:
             self._batches.pop(shard, None)
-            yield shard, items
+            yield shard, pack_token_batch(items)
         else:
             self._batches[shard] = (items, size)
 
     def finish_bundle(self):
         for shard, (items, _) in sorted(self._batches.items()):
-            yield WindowedValue((shard, items), GlobalWindow().max_timestamp(), [GlobalWindow()])
+            yield WindowedValue((shard, pack_token_batch(items)), GlobalWindow().max_timestamp(), [GlobalWindow()])
         self._batches = {}
 
 
@@ -648,7 +664,7 @@ class _WriteShardFn(beam.DoFn):
     def process(self, element, info):
         (split, index), batches = element
         # Memory: the shard's token bytes (not its text) are held to sort them; the runner has grouped them.
-        items = sorted(item for batch in batches for item in batch)
+        items = sorted(item for batch in batches for item in unpack_token_batch(batch))
         for a, b in zip(items, items[1:]):
             assert a[0] != b[0], f"two kept documents share the sort key {a[0]}; dedup should have removed one"
         yield _write_shard(self.output_dir, self.counts, split, index, items, dtype_for_vocab(info["vocab_size"]))

@@ -115,6 +115,12 @@ def test_packed_documents_round_trip_smaller():
     assert len(packed[0][3]) < len(docs[0].text.encode("utf-8")) / 4  # repetitive text: zstd shrinks it
 
 
+def test_packed_token_batches_round_trip():
+    items = [(("id:a", "k1"), np.arange(500, dtype=np.uint16).tobytes()), (("sha256:b", "k2"), b""),
+             (("id:c", "k3"), np.array([7, 7, 2], np.uint16).tobytes())]
+    assert t.unpack_token_batch(t.pack_token_batch(items)) == items
+
+
 def test_rejected_line_is_utf8_even_with_surrogates():
     line = t.rejected_line(Rejection(id="a\udc80", source="f\udcff.txt", reason="invalid_utf8", text="x"))
     line.encode("utf-8")  # would raise on a lone surrogate
@@ -230,7 +236,7 @@ def _more_than_one(counts):
 
 def test_write_shards_writes_empty_shards_too(tmp_path, make_text, beam_pipeline):
     info = t.tokenizer_info(train_tokenizer_bytes([make_text(300)], 320), trained=False)
-    one = (("train", 2), [(("id:a", "k"), np.array([5, 6, 2], np.uint16).tobytes())])
+    one = (("train", 2), t.pack_token_batch([(("id:a", "k"), np.array([5, 6, 2], np.uint16).tobytes())]))
     with beam_pipeline() as p:
         tokenizer = p | "Tok" >> beam.Create([info])
         stats = p | beam.Create([one]) | t.WriteShards(tokenizer, str(tmp_path), 4, 1)

@@ -283,6 +283,19 @@ def _duplicated(items: list[str]) -> tuple[int, int, int]:
     return dup_items, dup_chars, chars
 
 
+def _duplicated_reason(items: list[str], max_fraction: float, max_char_fraction: float, items_reason: str,
+                       chars_reason: str) -> str | None:
+    """The line or paragraph rule pair: too many duplicated items, else too many of their characters."""
+    if not items:
+        return None
+    dup, dup_chars, chars = _duplicated(items)
+    if dup > max_fraction * len(items):
+        return items_reason
+    if dup_chars > max_char_fraction * chars:
+        return chars_reason
+    return None
+
+
 def _paragraphs(stripped_lines: list[str]) -> list[str]:
     """Runs of non-blank lines between blank ones, each joined with "\\n" (the lines carry no "\\n" of their own,
     so a blank line is an empty string and a paragraph break is two or more "\\n" in a row)."""
@@ -301,22 +314,15 @@ def _covered_chars(lengths: list[int], starts, n: int) -> int:
 def repetition_reason(text: str, cfg: FilterConfig) -> str | None:
     """The first Gopher repetition rule ``text`` fails (see the module docstring for order), or None."""
     raw_lines = list(map(str.strip, text.split("\n")))
-    lines = list(filter(None, raw_lines))
-    if lines:
-        dup, dup_chars, chars = _duplicated(lines)
-        if dup > cfg.max_duplicate_line_fraction * len(lines):
-            return DUPLICATE_LINES
-        if dup_chars > cfg.max_duplicate_line_char_fraction * chars:
-            return DUPLICATE_LINE_CHARS
-    paragraphs = _paragraphs(raw_lines)
-    del raw_lines, lines
-    if paragraphs:
-        dup, dup_chars, chars = _duplicated(paragraphs)
-        if dup > cfg.max_duplicate_paragraph_fraction * len(paragraphs):
-            return DUPLICATE_PARAGRAPHS
-        if dup_chars > cfg.max_duplicate_paragraph_char_fraction * chars:
-            return DUPLICATE_PARAGRAPH_CHARS
-    del paragraphs
+    reason = _duplicated_reason(list(filter(None, raw_lines)), cfg.max_duplicate_line_fraction,
+                                cfg.max_duplicate_line_char_fraction, DUPLICATE_LINES, DUPLICATE_LINE_CHARS)
+    if reason is None:
+        reason = _duplicated_reason(_paragraphs(raw_lines), cfg.max_duplicate_paragraph_fraction,
+                                    cfg.max_duplicate_paragraph_char_fraction, DUPLICATE_PARAGRAPHS,
+                                    DUPLICATE_PARAGRAPH_CHARS)
+    if reason is not None:
+        return reason
+    del raw_lines
 
     tokens = text.split()
     # N-grams as exact integer keys, built incrementally: key_n(i) = key_{n-1}(i) * radix + id[i + n - 1], where

@@ -46,9 +46,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass, field, fields
-from bisect import bisect_right
-from itertools import compress, count, repeat
-from operator import add, gt, mul
+from itertools import chain, count, repeat
 
 import numpy as np
 
@@ -195,7 +193,7 @@ def _lines(text: str):
 
 
 _WORD, _ALPHA, _STOP, _LENGTH_SHIFT = 1, 2, 4, 3  # bits of a token's class code, then its length
-_CLASS_CACHE_SIZE = 1 << 16  # tokens (~8 MB at most)
+_CLASS_CACHE_SIZE = 1 << 18  # tokens (~30 MB at most; the 50 MB benchmark corpus holds 177k distinct ones)
 
 
 class _TokenClasses(dict):
@@ -223,27 +221,13 @@ class _TokenClasses(dict):
 _TOKEN_CLASSES = _TokenClasses()
 
 
-def quality_reason(text: str, cfg: FilterConfig) -> str | None:
-    """The first Gopher quality rule ``text`` fails (see the module docstring for order), or None."""
-    # Fast path for the commonest rejection: words are a subset of tokens, so fewer tokens than min_words
-    # decides it (two thirds of a docstring corpus end here). split() stops after min_words pieces, so a
-    # long document costs no more than a short one here.
-    if cfg.min_words and len(text) <= _CHUNK_CHARS and len(text.split(None, cfg.min_words - 1)) < cfg.min_words:
-        return TOO_FEW_WORDS
-    # One streaming pass over tokens: counts only, at most one chunk's tokens alive, stopping at max_words.
-    # Each token's class is a dict lookup run by map() in C (see _TokenClasses); numpy sums the codes.
-    n_words = word_chars = n_tokens = n_alpha = n_stop = 0
-    for chunk in _chunks(text, _WHITESPACE):
-        tokens = chunk.split()
-        code = np.fromiter(map(_TOKEN_CLASSES.__getitem__, tokens), np.int64, len(tokens))
-        is_word = (code & _WORD) != 0
-        n_words += int(np.count_nonzero(is_word))
-        if n_words > cfg.max_words:
-            return TOO_MANY_WORDS
-        word_chars += int((code[is_word] >> _LENGTH_SHIFT).sum())
-        n_tokens += len(tokens)
-        n_alpha += int(np.count_nonzero(code & _ALPHA))
-        n_stop += int(np.count_nonzero(code & _STOP))
+def _quality_verdict(text: str, counts: tuple[int, int, int, int, int], line_lists, cfg: FilterConfig) -> str | None:
+    """The quality rules after too_many_words, in order, from a document's token counts and its non-blank lines.
+
+    ``counts`` is (words, characters of words, tokens, tokens with a letter, stop words); ``line_lists`` yields
+    lists of stripped non-blank lines (one list for a normal document, one per chunk for a huge one).
+    """
+    n_words, word_chars, n_tokens, n_alpha, n_stop = counts
     if n_words < cfg.min_words:
         return TOO_FEW_WORDS
     if n_words:
@@ -254,7 +238,7 @@ def quality_reason(text: str, cfg: FilterConfig) -> str | None:
     if max(hashes, ellipses) > cfg.max_symbol_word_ratio * n_words:
         return SYMBOL_WORD_RATIO
     n_lines = n_bullet = n_ellipsis = 0
-    for lines in _lines(text):
+    for lines in line_lists:
         n_lines += len(lines)
         n_bullet += sum(map(str.startswith, lines, repeat(BULLETS)))
         n_ellipsis += sum(map(str.endswith, lines, repeat(ELLIPSES)))
@@ -267,6 +251,36 @@ def quality_reason(text: str, cfg: FilterConfig) -> str | None:
     if n_stop < cfg.min_stop_words:
         return STOP_WORDS_REASON
     return None
+
+
+def _too_few_tokens(text: str, cfg: FilterConfig) -> bool:
+    """The commonest rejection, decided cheaply: words are a subset of tokens, so fewer tokens than min_words
+    decides too_few_words (two thirds of a docstring corpus end here). split() stops after min_words pieces, so
+    a long document costs no more than a short one here."""
+    return bool(cfg.min_words) and len(text.split(None, cfg.min_words - 1)) < cfg.min_words
+
+
+def quality_reason(text: str, cfg: FilterConfig) -> str | None:
+    """The first Gopher quality rule ``text`` fails (see the module docstring for order), or None.
+
+    One document at a time and streamed: at most one ~1 MiB chunk's tokens are alive, and counting stops at
+    max_words, so this is the path for huge documents; :func:`reject_reasons` counts normal ones in batches.
+    """
+    if len(text) <= _CHUNK_CHARS and _too_few_tokens(text, cfg):
+        return TOO_FEW_WORDS
+    n_words = word_chars = n_tokens = n_alpha = n_stop = 0
+    for chunk in _chunks(text, _WHITESPACE):
+        tokens = chunk.split()
+        code = np.fromiter(map(_TOKEN_CLASSES.__getitem__, tokens), np.int64, len(tokens))
+        is_word = (code & _WORD) != 0
+        n_words += int(np.count_nonzero(is_word))
+        if n_words > cfg.max_words:
+            return TOO_MANY_WORDS
+        word_chars += int((code[is_word] >> _LENGTH_SHIFT).sum())
+        n_tokens += len(tokens)
+        n_alpha += int(np.count_nonzero(code & _ALPHA))
+        n_stop += int(np.count_nonzero(code & _STOP))
+    return _quality_verdict(text, (n_words, word_chars, n_tokens, n_alpha, n_stop), _lines(text), cfg)
 
 
 def _duplicated(items: list[str]) -> tuple[int, int, int]:
@@ -302,85 +316,177 @@ def _paragraphs(stripped_lines: list[str]) -> list[str]:
     return list(filter(None, _PARAGRAPH_BREAK.split("\n".join(stripped_lines).strip("\n"))))
 
 
-def _covered_chars(lengths: list[int], starts, n: int) -> int:
-    """Characters of the tokens covered by the n-grams starting at ``starts``, each token counted once."""
-    covered = bytearray(len(lengths))
-    ones = b"\x01" * n
-    for i in starts:
-        covered[i:i + n] = ones
-    return sum(compress(lengths, covered))
+def _line_reason(stripped_lines: list[str], nonblank: list[str], cfg: FilterConfig) -> str | None:
+    """The duplicated line and paragraph rules, in order. ``stripped_lines`` holds every line (blank ones as "")."""
+    return (_duplicated_reason(nonblank, cfg.max_duplicate_line_fraction, cfg.max_duplicate_line_char_fraction,
+                               DUPLICATE_LINES, DUPLICATE_LINE_CHARS)
+            or _duplicated_reason(_paragraphs(stripped_lines), cfg.max_duplicate_paragraph_fraction,
+                                  cfg.max_duplicate_paragraph_char_fraction, DUPLICATE_PARAGRAPHS,
+                                  DUPLICATE_PARAGRAPH_CHARS))
+
+
+def _first_positions(tokens: list[str], offset: int = 0) -> list[int]:
+    """Each token's id: ``offset`` + the position of its first occurrence in ``tokens`` (equal ids = equal tokens).
+    One dict.setdefault per token, run by map() in C."""
+    return list(map({}.setdefault, tokens, count(offset)))
+
+
+def _segment_sums(values: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """Sum of ``values`` over each segment [bounds[k], bounds[k + 1]) (empty segments give 0)."""
+    csum = np.concatenate(([0], np.cumsum(values)))
+    return csum[bounds[1:]] - csum[bounds[:-1]]
+
+
+def _covered_chars(starts: np.ndarray, n: int, lengths: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """Per document, the characters of the tokens covered by the n-grams starting at ``starts`` (each token once).
+
+    A difference array marks where coverage begins and ends; n-grams never cross a document's end, so the
+    running sum stays inside each document."""
+    size = len(lengths) + 1
+    edges = np.bincount(starts, minlength=size) - np.bincount(starts + n, minlength=size)
+    covered = np.cumsum(edges[:-1]) > 0
+    return _segment_sums(np.where(covered, lengths, 0), bounds)
+
+
+def _ngram_reasons(ids: np.ndarray, lengths: np.ndarray, bounds: np.ndarray, cfg: FilterConfig) -> list[str | None]:
+    """The n-gram rules (top 2/3/4-gram, duplicated 5..10-grams, in that order) for a batch of documents at once.
+
+    ids: (N,) int64, each token's document offset + the position of its first occurrence in that document (so
+    equal ids are equal tokens of the same document, and ids < N); lengths: (N,) token characters; bounds:
+    (D + 1,) where each document's tokens start, then N. Returns D reasons or None.
+
+    Every n-gram gets an exact integer label: label_1 = id, label_n = rank of the pair (label_{n-1} at i, id at
+    i + n - 1) among all pairs (np.unique). Ranks keep the lexicographic order of the token ids, and a
+    pair < N * N fits int64 for any batch under 3e9 tokens. An n-gram can only occur twice if the (n-1)-gram it
+    starts with does, so after each n only the starts of repeated n-grams are followed (16% of positions after
+    n = 2 on docstrings). Documents leave once decided: failed, or (duplicated n-gram coverage can only shrink
+    as n grows) within every remaining limit.
+    """
+    n_docs, n_tokens = len(bounds) - 1, len(ids)
+    reasons: list[str | None] = [None] * n_docs
+    if not n_tokens:
+        return reasons
+    sizes = np.diff(bounds)
+    doc_of = np.repeat(np.arange(n_docs), sizes)  # (N,) document of each position
+    end_of = np.repeat(bounds[1:], sizes)         # (N,) one past the last position of that document
+    csum = np.concatenate(([0], np.cumsum(lengths)))
+    total = (csum[bounds[1:]] - csum[bounds[:-1]]).astype(np.float64)  # (D,) characters of all tokens
+    active = total > 0
+    pos, label = np.arange(n_tokens), ids
+    for n in range(2, max(DUPLICATE_NGRAM_SIZES) + 1):
+        keep = (pos + (n - 1) < end_of[pos]) & active[doc_of[pos]]  # the n-gram ends inside its document
+        pos, label = pos[keep], label[keep]
+        if not len(pos):
+            break
+        _, label, counts = np.unique(label * n_tokens + ids[pos + (n - 1)], return_inverse=True, return_counts=True)
+        label = label.reshape(-1)
+        occurrences = counts[label]  # (P,) how often the n-gram at each followed position occurs
+        doc = doc_of[pos]
+        if n in TOP_NGRAM_SIZES:
+            top = np.zeros(n_docs, np.int64)
+            np.maximum.at(top, doc, occurrences)
+            candidate = (occurrences == top[doc]) & (occurrences >= 2)
+            if candidate.any():
+                # The top n-gram: the most frequent, then the longest in characters, then the largest label
+                # (a fixed tie-break: the lexicographically largest first-occurrence ids).
+                chars = csum[pos + n] - csum[pos]
+                rank = np.where(candidate, chars * (int(label.max()) + 1) + label, -1)
+                best = np.full(n_docs, -1, np.int64)
+                np.maximum.at(best, doc, rank)
+                starts = pos[candidate & (rank == best[doc])]
+                limit = getattr(cfg, f"max_top_{n}gram_char_fraction") * total
+                failed = active & (_covered_chars(starts, n, lengths, bounds) > limit)
+                for d in np.flatnonzero(failed).tolist():
+                    reasons[d] = TOP_NGRAM
+                active &= ~failed
+        repeated = occurrences > 1
+        pos, label = pos[repeated], label[repeated]
+        if n in DUPLICATE_NGRAM_SIZES:
+            covered = _covered_chars(pos, n, lengths, bounds)
+            failed = active & (covered > getattr(cfg, f"max_duplicate_{n}gram_char_fraction") * total)
+            for d in np.flatnonzero(failed).tolist():
+                reasons[d] = DUPLICATE_NGRAM
+            rest = [getattr(cfg, f"max_duplicate_{m}gram_char_fraction") for m in DUPLICATE_NGRAM_SIZES if m > n]
+            active &= ~failed & (covered > min(rest) * total if rest else False)
+    return reasons
 
 
 def repetition_reason(text: str, cfg: FilterConfig) -> str | None:
     """The first Gopher repetition rule ``text`` fails (see the module docstring for order), or None."""
-    raw_lines = list(map(str.strip, text.split("\n")))
-    reason = _duplicated_reason(list(filter(None, raw_lines)), cfg.max_duplicate_line_fraction,
-                                cfg.max_duplicate_line_char_fraction, DUPLICATE_LINES, DUPLICATE_LINE_CHARS)
-    if reason is None:
-        reason = _duplicated_reason(_paragraphs(raw_lines), cfg.max_duplicate_paragraph_fraction,
-                                    cfg.max_duplicate_paragraph_char_fraction, DUPLICATE_PARAGRAPHS,
-                                    DUPLICATE_PARAGRAPH_CHARS)
+    stripped = list(map(str.strip, text.split("\n")))
+    reason = _line_reason(stripped, list(filter(None, stripped)), cfg)
     if reason is not None:
         return reason
-    del raw_lines
-
+    del stripped
     tokens = text.split()
-    # N-grams as exact integer keys, built incrementally: key_n(i) = key_{n-1}(i) * radix + id[i + n - 1], where
-    # a token's id is the position of its first occurrence and radix = number of tokens. Python ints are not
-    # tracked by the garbage collector (tuples are, and millions of them make collections super-linear), and
-    # every step is a map() run in C rather than by the interpreter. An n-gram can only occur twice if the
-    # (n-1)-gram it starts with does, so after n = 2 only the starts of repeated n-grams are followed (16% of
-    # positions at n = 2 in docstrings, 8% at n = 3); every n-gram left behind occurs once and can neither be
-    # the top n-gram nor duplicated.
-    ids = list(map({}.setdefault, tokens, count()))
-    lengths = list(map(len, tokens))
-    total, radix = sum(lengths), len(tokens)
-    del tokens
-    if not total:
-        return None
-    starts, keys = range(len(ids)), ids  # n = 1: every position, keyed by its token
-    for n in range(2, max(DUPLICATE_NGRAM_SIZES) + 1):
-        if isinstance(starts, range):  # every position still followed: the next tokens are a slice
-            starts, next_ids = range(len(ids) - n + 1), ids[n - 1:]
-        else:
-            starts = starts[:bisect_right(starts, len(ids) - n)]  # an n-gram must end inside the text
-            next_ids = map(ids.__getitem__, map(add, starts, repeat(n - 1)))
-        keys = list(map(add, map(mul, keys, repeat(radix, len(starts))), next_ids))
-        counts = Counter(keys)
-        top = max(counts.values(), default=0)
-        if top < 2:
-            break  # no n-gram repeats, so no longer one does either (and there is no top n-gram)
-        if n in TOP_NGRAM_SIZES:
-            # The longest (in characters) of the equally most frequent n-grams; an n-gram's characters are
-            # those of its tokens, so one occurrence of each candidate tells its length.
-            first, wanted = {}, {k for k, c in counts.items() if c == top}
-            for i, k in compress(zip(starts, keys), map(wanted.__contains__, keys)):
-                first.setdefault(k, i)
-            best_chars, best = max((sum(lengths[i:i + n]), k) for k, i in first.items())
-            limit = getattr(cfg, f"max_top_{n}gram_char_fraction") * total
-            # top * best_chars bounds the covered characters (overlaps only lower it): skip the exact count
-            # when even the bound is within the limit.
-            if top * best_chars > limit and \
-                    _covered_chars(lengths, compress(starts, map(best.__eq__, keys)), n) > limit:
-                return TOP_NGRAM
-        # Follow only the repeated n-grams' starts from here on, unless most n-grams repeat (long repetitive
-        # documents), where selecting them would cost more than it saves. The n >= 5 rules need them anyway.
-        if n in DUPLICATE_NGRAM_SIZES or 2 * list(counts.values()).count(1) > len(keys):
-            repeated = list(map(gt, map(counts.__getitem__, keys), repeat(1)))
-            starts, keys = list(compress(starts, repeated)), list(compress(keys, repeated))
-        if n in DUPLICATE_NGRAM_SIZES:
-            covered = _covered_chars(lengths, starts, n)
-            if covered > getattr(cfg, f"max_duplicate_{n}gram_char_fraction") * total:
-                return DUPLICATE_NGRAM
-            # Every duplicated (n+1)-gram is made of duplicated n-grams, so coverage can only shrink as n
-            # grows: once it is within every remaining limit, no longer n-gram can fail. Exact, and most
-            # documents stop here at n = 5 instead of counting 6..10.
-            rest = [getattr(cfg, f"max_duplicate_{m}gram_char_fraction") for m in DUPLICATE_NGRAM_SIZES if m > n]
-            if not rest or covered <= min(rest) * total:
-                break
-    return None
+    ids = np.fromiter(_first_positions(tokens), np.int64, len(tokens))
+    lengths = np.fromiter(map(len, tokens), np.int64, len(tokens))
+    return _ngram_reasons(ids, lengths, np.array([0, len(tokens)]), cfg)[0]
 
 
 def reject_reason(text: str, cfg: FilterConfig) -> str | None:
     """The first rule of ``REASONS`` (in that order) that ``text`` fails, or None to keep it."""
     return quality_reason(text, cfg) or repetition_reason(text, cfg)
+
+
+def reject_reasons(texts: list[str], cfg: FilterConfig) -> list[str | None]:
+    """``[reject_reason(t, cfg) for t in texts]``, computed for the whole batch at once (several times faster).
+
+    Each document is split into tokens once; the per-token quality counts are numpy sums over the batch and the
+    n-gram rules run over every surviving document together (_ngram_reasons), so numpy's per-call cost is paid
+    per batch, not per document. Documents over _CHUNK_CHARS characters take the streamed one-document path.
+    """
+    reasons: list[str | None] = [None] * len(texts)
+    batch: list[int] = []
+    for i, text in enumerate(texts):
+        if len(text) > _CHUNK_CHARS:
+            reasons[i] = reject_reason(text, cfg)
+        elif _too_few_tokens(text, cfg):
+            reasons[i] = TOO_FEW_WORDS
+        else:
+            batch.append(i)
+    if not batch:
+        return reasons
+
+    # Quality: one code per token (see _TokenClasses), summed per document.
+    tokens = [texts[i].split() for i in batch]
+    sizes = np.fromiter(map(len, tokens), np.int64, len(tokens))
+    bounds = np.concatenate(([0], np.cumsum(sizes)))
+    flat = list(chain.from_iterable(tokens))
+    code = np.fromiter(map(_TOKEN_CLASSES.__getitem__, flat), np.int64, len(flat))
+    del flat
+    lengths = code >> _LENGTH_SHIFT
+    is_word = (code & _WORD) != 0
+    per_doc = zip(_segment_sums(is_word, bounds).tolist(), _segment_sums(np.where(is_word, lengths, 0), bounds).tolist(),
+                  sizes.tolist(), _segment_sums((code & _ALPHA) != 0, bounds).tolist(),
+                  _segment_sums((code & _STOP) != 0, bounds).tolist())
+
+    # Quality verdicts, then the line and paragraph rules, one document at a time (C-level string methods).
+    survivors: list[int] = []  # positions in ``batch`` of documents that reach the n-gram rules
+    for j, (i, counts) in enumerate(zip(batch, per_doc)):
+        text = texts[i]
+        if counts[0] > cfg.max_words:
+            reasons[i] = TOO_MANY_WORDS
+            continue
+        stripped = list(map(str.strip, text.split("\n")))
+        nonblank = list(filter(None, stripped))
+        reason = _quality_verdict(text, counts, (nonblank,), cfg) or _line_reason(stripped, nonblank, cfg)
+        if reason is None:
+            survivors.append(j)
+        else:
+            reasons[i] = reason
+    if not survivors:
+        return reasons
+
+    # N-gram rules over all survivors together.
+    ids: list[int] = []
+    for j in survivors:
+        ids += _first_positions(tokens[j], len(ids))
+    keep = np.zeros(len(batch), bool)
+    keep[survivors] = True
+    kept_sizes = sizes[keep]
+    ngram = _ngram_reasons(np.array(ids, np.int64), lengths[np.repeat(keep, sizes)],
+                           np.concatenate(([0], np.cumsum(kept_sizes))), cfg)
+    for j, reason in zip(survivors, ngram):
+        reasons[batch[j]] = reason
+    return reasons

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import best_seconds, gopher_text
 from pipeline import filters
-from pipeline.filters import FilterConfig, quality_reason, reject_reason, repetition_reason
+from pipeline.filters import FilterConfig, quality_reason, reject_reason, reject_reasons, repetition_reason
 
 DEFAULT = FilterConfig()
 
@@ -289,6 +289,64 @@ def test_ngram_rules_match_a_plain_reference_on_random_documents():
         assert got in allowed, (tokens, limits, got, allowed)
         seen.add(got)
     assert seen == {None, "top_ngram", "duplicate_ngram"}
+
+
+# Every quality rule switched off, so short random documents reach the n-gram rules.
+NO_QUALITY = dataclasses.replace(DEFAULT, min_words=0, max_words=10**9, min_mean_word_length=0.0,
+                                 max_mean_word_length=1e9, max_symbol_word_ratio=1.0, max_bullet_lines_ratio=1.0,
+                                 max_ellipsis_lines_ratio=1.0, min_alpha_words_ratio=0.0, min_stop_words=0)
+
+
+def test_batched_ngram_rules_match_the_plain_reference():
+    # The same random documents as above, judged 25 at a time by reject_reasons (one numpy pass over the batch):
+    # documents of a batch share arrays, so a position or label leaking across documents would show here.
+    rng = random.Random(11)
+    words = "river stone lamp cloud north amber quiet field harbor signal".split()
+    off = {f.name: 1.0 for f in dataclasses.fields(FilterConfig) if "duplicate_line" in f.name
+           or "duplicate_paragraph" in f.name}
+    seen = set()
+    for _ in range(16):
+        limits = {f"max_top_{n}gram_char_fraction": rng.uniform(0.05, 0.6) for n in (2, 3, 4)}
+        limits.update({f"max_duplicate_{n}gram_char_fraction": rng.uniform(0.05, 0.6) for n in range(5, 11)})
+        cfg = dataclasses.replace(NO_QUALITY, **off, **limits)
+        docs = []
+        for _ in range(25):
+            tokens = [rng.choice(words[:rng.randint(3, 10)]) + rng.choice(["", "", "s", ","])
+                      for _ in range(rng.randint(5, 60))]
+            if rng.random() < 0.5:
+                i, n = rng.randrange(len(tokens)), rng.randint(5, 12)
+                tokens += tokens[i:i + n]
+            docs.append(tokens)
+        got = reject_reasons([" ".join(t) for t in docs], cfg)
+        for tokens, reason in zip(docs, got):
+            assert reason in _naive_ngram_reason(tokens, cfg), (tokens, limits, reason)
+            assert reason == repetition_reason(" ".join(tokens), cfg)
+        seen.update(got)
+    assert seen == {None, "top_ngram", "duplicate_ngram"}
+
+
+def test_batch_gives_the_same_reasons_as_one_document_at_a_time(make_text):
+    # Every hand-built case (the too_many_words one is over 1 MiB, so it takes the streamed path inside the
+    # batch), blank and tiny texts, and real-looking documents, under the default limits and every tightened
+    # and loosened one: reject_reasons must agree with reject_reason document by document, in any order.
+    texts = list(CASES.values()) + ["", "   \n\n ", "one", passing_document(), make_text(2000)]
+    texts += [gopher_text(seed, 120) for seed in range(10)]
+    configs = [DEFAULT, NO_QUALITY] + [dataclasses.replace(DEFAULT, **LOOSER[r]) for r in sorted(LOOSER)]
+    for name, (value, _) in sorted(TIGHTER.items()):
+        cfg = dataclasses.replace(DEFAULT, **{name: value})
+        if name.startswith("min_") and name.endswith("_length"):
+            cfg = dataclasses.replace(cfg, max_mean_word_length=max(cfg.max_mean_word_length, value))
+        if name == "max_words":
+            cfg = dataclasses.replace(cfg, min_words=0)
+        configs.append(cfg)
+    outcomes = set()
+    for cfg in configs:
+        one_by_one = [reject_reason(t, cfg) for t in texts]
+        assert reject_reasons(texts, cfg) == one_by_one, cfg
+        assert reject_reasons(texts[::-1], cfg) == one_by_one[::-1], cfg
+        outcomes.update(one_by_one)
+    assert outcomes >= set(filters.REASONS) | {None}
+    assert reject_reasons([], DEFAULT) == []
 
 
 @pytest.mark.parametrize("name, value, fragment", [

@@ -30,6 +30,7 @@ import multiprocessing as mp
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -203,6 +204,10 @@ def main(argv=None) -> None:
     parser.add_argument("--file-mb", type=float, default=2.0, help="size of each corpus file (MB of text)")
     parser.add_argument("--one-worker-sizes", type=int, nargs="*", default=None,
                         help="sizes that also get the 1-worker and raw runs (default: every size)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="repeat raw encode and both pipeline runs this many times per size (interleaved) and "
+                        "report the median and range of each ratio: other jobs on a shared machine slow one run "
+                        "or another by 20%% or more")
     args = parser.parse_args(argv)
     os.makedirs(args.work, exist_ok=True)
     full = args.sizes_mb if args.one_worker_sizes is None else args.one_worker_sizes
@@ -222,39 +227,64 @@ def main(argv=None) -> None:
                 sample.append(t)
                 chars += len(t)
             train_tokenizer(sample, model_path, VOCAB_SIZE)
-        row = {"size_mb": round(mb, 1), "docs": len(texts)}
         glob_ = os.path.join(os.path.dirname(files[0]), "*.jsonl.gz")
-        if size in full:
-            for procs in (1, 2):
-                sec, cpu, tokens = raw_encode(model_path, texts, procs)
-                row[f"raw{procs}_mbs"], row[f"raw{procs}_cpu"] = mb / sec, cpu
-                row["tokens"] = tokens
-                print(f"{size} MB raw encode, {procs} process(es): {sec:.1f} s, {mb / sec:.2f} MB/s, CPU {cpu:.1f} s",
-                      flush=True)
-            sec, cpu, kept = plain_loop(model_path, texts)
-            row["plain_mbs"], row["plain_cpu"] = mb / sec, cpu
-            print(f"{size} MB filter + encode kept ({kept}) without Beam, 1 process: {sec:.1f} s, {mb / sec:.2f} MB/s, "
-                  f"CPU {cpu:.1f} s", flush=True)
+        reps = []
+        for rep in range(args.repeats if size in full else 1):
+            row = {"size_mb": round(mb, 1), "docs": len(texts)}
+            if size in full:
+                for procs in (1, 2):
+                    sec, cpu, tokens = raw_encode(model_path, texts, procs)
+                    row[f"raw{procs}_mbs"], row[f"raw{procs}_cpu"] = mb / sec, cpu
+                    row["tokens"] = tokens
+                    print(f"{size} MB raw encode, {procs} process(es): {sec:.1f} s, {mb / sec:.2f} MB/s, "
+                          f"CPU {cpu:.1f} s", flush=True)
+                if rep == 0:
+                    sec, cpu, kept = plain_loop(model_path, texts)
+                    plain = {"plain_mbs": mb / sec, "plain_cpu": cpu}
+                    print(f"{size} MB filter + encode kept ({kept}) without Beam, 1 process: {sec:.1f} s, "
+                          f"{mb / sec:.2f} MB/s, CPU {cpu:.1f} s", flush=True)
+                row.update(plain)
+            for workers in ((1, 2) if size in full else (2,)):
+                res = run_prepare(glob_, os.path.join(args.work, f"out-{size}-{workers}"), model_path, workers)
+                row[f"pipe{workers}"] = res
+                print(f"{size} MB pipeline, {workers} worker(s): {res['seconds']:.1f} s, {mb / res['seconds']:.2f} MB/s, "
+                      f"peak RSS launcher {res['rss_main_mb']:.0f} MB, worker {res['rss_worker_mb']:.0f} MB, "
+                      f"CPU s launcher {res['launcher_cpu_s']} workers {res['worker_cpu_s']} | "
+                      f"{res['summary']}", flush=True)
+            if "pipe1" in row:
+                same = [s["sha256_bin"] + s["sha256_idx"] for s in row["pipe1"]["manifest"]["shards"]] == \
+                       [s["sha256_bin"] + s["sha256_idx"] for s in row["pipe2"]["manifest"]["shards"]]
+                same &= row["pipe1"]["manifest"]["tokenizer"]["sha256"] == row["pipe2"]["manifest"]["tokenizer"]["sha256"]
+                row["identical"] = same
+            reps.append(row)
         del texts
-        for workers in ((1, 2) if size in full else (2,)):
-            res = run_prepare(glob_, os.path.join(args.work, f"out-{size}-{workers}"), model_path, workers)
-            row[f"pipe{workers}"] = res
-            print(f"{size} MB pipeline, {workers} worker(s): {res['seconds']:.1f} s, {mb / res['seconds']:.2f} MB/s, "
-                  f"peak RSS launcher {res['rss_main_mb']:.0f} MB, worker {res['rss_worker_mb']:.0f} MB, "
-                  f"CPU s launcher {res['launcher_cpu_s']} workers {res['worker_cpu_s']} | "
-                  f"{res['summary']}", flush=True)
-        if "pipe1" in row:
-            same = [s["sha256_bin"] + s["sha256_idx"] for s in row["pipe1"]["manifest"]["shards"]] == \
-                   [s["sha256_bin"] + s["sha256_idx"] for s in row["pipe2"]["manifest"]["shards"]]
-            same &= row["pipe1"]["manifest"]["tokenizer"]["sha256"] == row["pipe2"]["manifest"]["tokenizer"]["sha256"]
-            row["identical"] = same
-        lines.append(report_rows(row))
+        lines.append(report_rows(reps[-1]))
+        if len(reps) > 1:
+            lines.append(repeat_summary(reps))
         print(lines[-1], flush=True)
     lines.append(f"load average after: {os.getloadavg()}")
     print(lines[-1], flush=True)
     if args.out:
         with open(args.out, "a") as f:
             f.write("\n".join(lines) + "\n")
+
+
+def repeat_summary(reps: list[dict]) -> str:
+    """Median and range over the repetitions of each ratio, each ratio taken within one repetition."""
+    def ratios(f):
+        values = sorted(f(r) for r in reps)
+        return f"median {statistics.median(values):.2f}x ({', '.join(f'{v:.2f}' for v in values)})"
+
+    mb = reps[0]["size_mb"]
+    return "\n".join([
+        f"  over {len(reps)} repetitions (raw 1, raw 2, pipeline 1, pipeline 2 each time):",
+        "    pipeline / raw at 2 workers " + ratios(lambda r: (mb / r["pipe2"]["seconds"]) / r["raw2_mbs"]),
+        "    pipeline 2 workers / 1 worker " + ratios(lambda r: r["pipe1"]["seconds"] / r["pipe2"]["seconds"]),
+        "    raw encode 2 / 1 processes " + ratios(lambda r: r["raw2_mbs"] / r["raw1_mbs"]),
+        "    largest worker peak RSS MB " + ", ".join(f"{r['pipe2']['rss_worker_mb']:.0f}" for r in reps)
+        + "; launcher " + ", ".join(f"{r['pipe2']['rss_main_mb']:.0f}" for r in reps),
+        "    1 vs 2 workers byte-identical in every repetition: " + str(all(r["identical"] for r in reps)),
+    ])
 
 
 def report_rows(row: dict) -> str:

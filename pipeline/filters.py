@@ -33,13 +33,18 @@ Definitions (every number above is a FilterConfig field, i.e. a command-line opt
 - n-grams are over tokens. The top n-gram is the most frequent one (the longest in characters among equally
   frequent ones), and only when it occurs at least twice.
 
-Cost is linear in the text's length: the quality pass streams over 1 MiB chunks split at whitespace and stops
-counting at max_words, so a 50 MB single-line document is rejected after scanning, not materialized as a list
-of millions of tokens; the repetition rules only see documents that passed it (<= max_words words).
+Two entry points give the same answers: :func:`reject_reasons` judges a batch of documents at once (what the
+pipeline runs: each text is split once, the per-token counts and the n-gram rules are numpy passes over the
+whole batch), :func:`reject_reason` one document. Cost is linear in a text's length (n log n for the n-gram
+ranks): texts over 1 MiB characters take the one-document path, whose quality pass streams over 1 MiB chunks
+split at whitespace and stops counting at max_words, so a 50 MB single-line document is rejected after
+scanning, not materialized as a list of millions of tokens; the repetition rules only see documents that
+passed it (<= max_words words).
 
 Try it:
 
     python -c "from pipeline.filters import *; print(reject_reason(open('README.md').read(), FilterConfig()))"
+    python -c "from pipeline.filters import *; print(reject_reasons(['too short', open('README.md').read()], FilterConfig()))"
 """
 from __future__ import annotations
 

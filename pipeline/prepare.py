@@ -234,11 +234,11 @@ def pipeline_options(beam_args: list[str]):
 
 # glibc malloc settings for local runs (bytes). By default glibc raises its mmap threshold each time a large
 # block is freed (up to 32 MB); after that, big texts, token arrays and grouped payloads come from the heap
-# and fragment it, so a worker's RSS creeps up through a streaming stage. A fixed threshold (which also
-# fixes the trim threshold) keeps blocks of 4 MiB and more in mmap, returned to the OS when freed. 128 KiB
-# gave the same peaks but doubled the system time (page faults); 4 MiB did not. With 2 workers on the 200 MB
-# benchmark corpus: largest worker 449 -> 420 MB, launcher 681 -> 385 MB, and the read stage no longer
-# grows (benchmarks/RESULTS.md).
+# and fragment it, so a worker's RSS crept up through the streaming read stage (207 -> 362 MB over the 200 MB
+# benchmark corpus). A fixed threshold (which also fixes the trim threshold) keeps blocks of 4 MiB and more in
+# mmap, returned to the OS when freed: the read stage stays at ~300 MB and the largest worker's peak went from
+# 495 to 427-441 MB, with no CPU cost measurable in interleaved runs. 128 KiB gave the same peaks for twice
+# the system time (page faults).
 _MALLOC_ENV = {
     # glibc gives each thread its own arena, and a worker's gRPC and bundle threads then keep freed memory
     # spread over many of them; two arenas cut a worker's peak at 200 MB of input from 571 to 482 MB.

@@ -9,6 +9,8 @@ import io
 import json
 import random
 import re
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -17,7 +19,7 @@ beam = pytest.importorskip("apache_beam")
 from apache_beam.metrics.metric import MetricsFilter  # noqa: E402
 from apache_beam.testing.util import assert_that, equal_to  # noqa: E402
 
-from pipeline import transforms as t  # noqa: E402
+from pipeline import filters, transforms as t  # noqa: E402
 from pipeline.documents import Document, Rejection, dedup_key, document_key  # noqa: E402
 from pipeline.filters import FilterConfig  # noqa: E402
 from pipeline.shards import ShardReader  # noqa: E402
@@ -192,6 +194,21 @@ def test_parse_filter_dedup_stages(make_text, beam_pipeline):
         ]), label="rejected")
 
 
+@pytest.mark.parametrize("batch_chars", [1 << 20, 300])  # one batch at the end of the bundle; a batch every doc or two
+def test_gopher_filter_in_batches_keeps_and_rejects_each_document_once(make_text, beam_pipeline, batch_chars):
+    docs = [Document(id=f"d{i}", text=make_text(200 + i) if i % 3 else "short text " * (i + 1), source=f"f:{i}")
+            for i in range(12)]
+    expected = {d.id: filters.reject_reason(d.text, FilterConfig()) for d in docs}
+    assert set(expected.values()) == {None, "too_few_words"}
+    with beam_pipeline() as p:
+        out = p | beam.Create(docs) | beam.ParDo(t._FilterFn(FilterConfig(), batch_chars)).with_outputs(
+            "rejected", main="kept")
+        assert_that(out.kept | beam.Map(lambda d: d.id), equal_to([k for k, r in expected.items() if r is None]),
+                    label="kept")
+        assert_that(out.rejected | beam.Map(lambda r: (r.id, r.reason)),
+                    equal_to([(k, r) for k, r in expected.items() if r is not None]), label="rejected")
+
+
 @pytest.mark.parametrize("batch_bytes", [1 << 20, 64])  # one batch per shard; a batch every document or two
 def test_tokenize_and_write_shards(tmp_path, make_text, beam_pipeline, batch_bytes):
     texts = {f"d{i:02d}": make_text(100 + i) for i in range(30)}
@@ -272,3 +289,22 @@ def test_write_rejected_counts_and_gzip(tmp_path, beam_pipeline, num_files):
         lines += [json.loads(x) for x in gzip.decompress(path.read_bytes()).splitlines()]
     assert sorted(r["id"] for r in lines) == sorted(str(i) for i in range(10))
     assert {r["reason"] for r in lines} == {"empty", "nul_bytes"}
+    _assert_valid_gzip(sorted((tmp_path / "rejected").iterdir()))
+
+
+def _assert_valid_gzip(paths):
+    """gzip -t on each file: stricter than Python's gzip, which reads an empty file as empty data."""
+    assert paths
+    if shutil.which("gzip"):
+        for path in paths:
+            assert subprocess.run(["gzip", "-t", str(path)]).returncode == 0, path
+    for path in paths:
+        assert path.read_bytes()[:2] == b"\x1f\x8b", path  # starts with a gzip member, even when empty
+
+
+def test_write_rejected_with_nothing_rejected_still_writes_valid_gzip(tmp_path, beam_pipeline):
+    with beam_pipeline() as p:
+        _ = p | beam.Create([]).with_output_types(Rejection) | t.WriteRejected(str(tmp_path), "dedup", 0)
+    files = sorted((tmp_path / "rejected").iterdir())
+    _assert_valid_gzip(files)
+    assert b"".join(gzip.decompress(f.read_bytes()) for f in files) == b""

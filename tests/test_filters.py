@@ -267,23 +267,38 @@ def _naive_ngram_reason(tokens: list[str], cfg: FilterConfig) -> set[str | None]
     return {None}
 
 
+NGRAM_WORDS = "river stone lamp cloud north amber quiet field harbor signal".split()
+NO_LINE_RULES = {f.name: 1.0 for f in dataclasses.fields(FilterConfig) if "duplicate_line" in f.name
+                 or "duplicate_paragraph" in f.name}
+# Every quality rule switched off, so short random documents reach the n-gram rules.
+NO_QUALITY = dataclasses.replace(DEFAULT, min_words=0, max_words=10**9, min_mean_word_length=0.0,
+                                 max_mean_word_length=1e9, max_symbol_word_ratio=1.0, max_bullet_lines_ratio=1.0,
+                                 max_ellipsis_lines_ratio=1.0, min_alpha_words_ratio=0.0, min_stop_words=0)
+
+
+def random_ngram_tokens(rng: random.Random) -> list[str]:
+    """5-72 tokens from a small vocabulary, half the time with a pasted repeat, so every n-gram rule fires somewhere."""
+    tokens = [rng.choice(NGRAM_WORDS[:rng.randint(3, 10)]) + rng.choice(["", "", "s", ","])
+              for _ in range(rng.randint(5, 60))]
+    if rng.random() < 0.5:
+        i, n = rng.randrange(len(tokens)), rng.randint(5, 12)
+        tokens += tokens[i:i + n]
+    return tokens
+
+
+def random_ngram_limits(rng: random.Random) -> dict[str, float]:
+    """Random n-gram limits, later ones sometimes looser than earlier ones (exercising the early exits)."""
+    limits = {f"max_top_{n}gram_char_fraction": rng.uniform(0.05, 0.6) for n in (2, 3, 4)}
+    limits.update({f"max_duplicate_{n}gram_char_fraction": rng.uniform(0.05, 0.6) for n in range(5, 11)})
+    return limits
+
+
 def test_ngram_rules_match_a_plain_reference_on_random_documents():
-    # Small vocabularies and pasted repeats make every n-gram rule fire somewhere; random limits (later ones
-    # sometimes looser than earlier ones) exercise the early exits of the fast implementation.
     rng = random.Random(7)
-    words = "river stone lamp cloud north amber quiet field harbor signal".split()
-    off = {f.name: 1.0 for f in dataclasses.fields(FilterConfig) if "duplicate_line" in f.name
-           or "duplicate_paragraph" in f.name}
     seen = set()
     for _ in range(400):
-        tokens = [rng.choice(words[:rng.randint(3, 10)]) + rng.choice(["", "", "s", ","]) for _ in range(rng.randint(
-            5, 60))]
-        if rng.random() < 0.5:
-            i, n = rng.randrange(len(tokens)), rng.randint(5, 12)
-            tokens += tokens[i:i + n]
-        limits = {f"max_top_{n}gram_char_fraction": rng.uniform(0.05, 0.6) for n in (2, 3, 4)}
-        limits.update({f"max_duplicate_{n}gram_char_fraction": rng.uniform(0.05, 0.6) for n in range(5, 11)})
-        cfg = dataclasses.replace(DEFAULT, **off, **limits)
+        tokens, limits = random_ngram_tokens(rng), random_ngram_limits(rng)
+        cfg = dataclasses.replace(DEFAULT, **NO_LINE_RULES, **limits)
         got = repetition_reason(" ".join(tokens), cfg)
         allowed = _naive_ngram_reason(tokens, cfg)
         assert got in allowed, (tokens, limits, got, allowed)
@@ -291,32 +306,15 @@ def test_ngram_rules_match_a_plain_reference_on_random_documents():
     assert seen == {None, "top_ngram", "duplicate_ngram"}
 
 
-# Every quality rule switched off, so short random documents reach the n-gram rules.
-NO_QUALITY = dataclasses.replace(DEFAULT, min_words=0, max_words=10**9, min_mean_word_length=0.0,
-                                 max_mean_word_length=1e9, max_symbol_word_ratio=1.0, max_bullet_lines_ratio=1.0,
-                                 max_ellipsis_lines_ratio=1.0, min_alpha_words_ratio=0.0, min_stop_words=0)
-
-
 def test_batched_ngram_rules_match_the_plain_reference():
-    # The same random documents as above, judged 25 at a time by reject_reasons (one numpy pass over the batch):
-    # documents of a batch share arrays, so a position or label leaking across documents would show here.
+    # Random documents judged 25 at a time by reject_reasons (one numpy pass over the batch): documents of a
+    # batch share arrays, so a position or label leaking across documents would show here.
     rng = random.Random(11)
-    words = "river stone lamp cloud north amber quiet field harbor signal".split()
-    off = {f.name: 1.0 for f in dataclasses.fields(FilterConfig) if "duplicate_line" in f.name
-           or "duplicate_paragraph" in f.name}
     seen = set()
     for _ in range(16):
-        limits = {f"max_top_{n}gram_char_fraction": rng.uniform(0.05, 0.6) for n in (2, 3, 4)}
-        limits.update({f"max_duplicate_{n}gram_char_fraction": rng.uniform(0.05, 0.6) for n in range(5, 11)})
-        cfg = dataclasses.replace(NO_QUALITY, **off, **limits)
-        docs = []
-        for _ in range(25):
-            tokens = [rng.choice(words[:rng.randint(3, 10)]) + rng.choice(["", "", "s", ","])
-                      for _ in range(rng.randint(5, 60))]
-            if rng.random() < 0.5:
-                i, n = rng.randrange(len(tokens)), rng.randint(5, 12)
-                tokens += tokens[i:i + n]
-            docs.append(tokens)
+        limits = random_ngram_limits(rng)
+        cfg = dataclasses.replace(NO_QUALITY, **NO_LINE_RULES, **limits)
+        docs = [random_ngram_tokens(rng) for _ in range(25)]
         got = reject_reasons([" ".join(t) for t in docs], cfg)
         for tokens, reason in zip(docs, got):
             assert reason in _naive_ngram_reason(tokens, cfg), (tokens, limits, reason)

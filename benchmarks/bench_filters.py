@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pipeline.builtin_corpus import write_builtin_corpus  # noqa: E402
 from pipeline.documents import Document, parse_value  # noqa: E402
-from pipeline.filters import FilterConfig, reject_reason, reject_reasons  # noqa: E402
+from pipeline.filters import FilterConfig, iter_reject_reasons, reject_reason  # noqa: E402
 from pipeline.tokenizer import Tokenizer, train_tokenizer  # noqa: E402
 
 SIZES_MB = (2, 20, 50)
@@ -47,19 +47,6 @@ def read_texts(paths) -> list[str]:
         with gzip.open(path, "rt", encoding="utf-8") as f:
             texts.extend(json.loads(line)["text"] for line in f)
     return texts
-
-
-def batches(docs, chars: int = 1 << 20):
-    """The documents' texts in lists of about ``chars`` characters, as the pipeline's filter stage batches them."""
-    batch, size = [], 0
-    for d in docs:
-        batch.append(d.text)
-        size += len(d.text)
-        if size >= chars:
-            yield batch
-            batch, size = [], 0
-    if batch:
-        yield batch
 
 
 def timed(fn) -> tuple[float, object]:
@@ -147,7 +134,7 @@ def main(argv=None) -> None:
     cfg = FilterConfig()
     docs = [d for d in (parse_value(t, str(i), "bench") for i, t in enumerate(texts)) if isinstance(d, Document)]
     t_split, _ = timed(lambda: [d.text.split() for d in docs])
-    t_filter, reasons = timed(lambda: [r for batch in batches(docs) for r in reject_reasons(batch, cfg)])
+    t_filter, reasons = timed(lambda: list(iter_reject_reasons((d.text for d in docs), cfg)))
     t_single, single = timed(lambda: [reject_reason(d.text, cfg) for d in docs])
     mb = sum(len(d.text) for d in docs) / 1e6
     say(f"{len(docs)} documents, {mb:.1f} M characters: reject_reasons over ~1 MB batches (as the pipeline runs "

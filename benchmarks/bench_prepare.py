@@ -40,7 +40,7 @@ import psutil
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pipeline.builtin_corpus import write_builtin_corpus  # noqa: E402
-from pipeline.filters import FilterConfig, reject_reasons  # noqa: E402
+from pipeline.filters import FilterConfig, iter_reject_reasons  # noqa: E402
 from pipeline.tokenizer import Tokenizer, train_tokenizer  # noqa: E402
 
 VOCAB_SIZE = 8000
@@ -118,20 +118,14 @@ def _encode_all(args) -> int:
 
 def plain_loop(model_path: str, texts: list[str]) -> tuple[float, float, int]:
     """Wall and CPU seconds for the same per-document work without Beam, in this process: Gopher filter every text
-    (reject_reasons over ~1 MB batches, as the pipeline's filter stage does), encode the ones it keeps (no dedup,
-    no I/O). Separates the cost of the rules and the tokenizer from the cost of the pipeline."""
+    in ~1 MB batches (iter_reject_reasons, as the pipeline's filter stage batches them), encode the ones it keeps
+    (no dedup, no I/O). Separates the cost of the rules and the tokenizer from the cost of the pipeline."""
     tok, cfg, kept = Tokenizer(model_path), FilterConfig(), 0
     start, cpu = time.perf_counter(), time.process_time()
-    batch, chars = [], 0
-    for i, text in enumerate(texts):
-        batch.append(text)
-        chars += len(text)
-        if chars >= 1 << 20 or i == len(texts) - 1:
-            for kept_text, reason in zip(batch, reject_reasons(batch, cfg)):
-                if reason is None:
-                    tok.encode_document(kept_text)
-                    kept += 1
-            batch, chars = [], 0
+    for text, reason in zip(texts, iter_reject_reasons(texts, cfg)):
+        if reason is None:
+            tok.encode_document(text)
+            kept += 1
     return time.perf_counter() - start, time.process_time() - cpu, kept
 
 

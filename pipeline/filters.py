@@ -52,6 +52,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field, fields
 from itertools import chain, count, repeat
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -91,6 +92,9 @@ _PARAGRAPH_BREAK = re.compile("\n\n+")
 # The quality pass splits texts longer than this (characters) into chunks at whitespace, so one huge
 # document never becomes one huge list of tokens.
 _CHUNK_CHARS = 1 << 20
+# Characters of text judged together by reject_reasons in the pipeline: enough documents to spread numpy's
+# per-call cost, few enough that a batch's arrays take a few MB.
+BATCH_CHARS = 1 << 20
 
 
 def _help(help_text: str) -> dict:
@@ -495,3 +499,15 @@ def reject_reasons(texts: list[str], cfg: FilterConfig) -> list[str | None]:
     for j, reason in zip(survivors, ngram):
         reasons[batch[j]] = reason
     return reasons
+
+
+def iter_reject_reasons(texts: Iterable[str], cfg: FilterConfig, batch_chars: int = BATCH_CHARS) -> Iterator[str | None]:
+    """The reason of each text in turn, judged by reject_reasons in batches of about ``batch_chars`` characters."""
+    batch, chars = [], 0
+    for text in texts:
+        batch.append(text)
+        chars += len(text)
+        if chars >= batch_chars:
+            yield from reject_reasons(batch, cfg)
+            batch, chars = [], 0
+    yield from reject_reasons(batch, cfg)

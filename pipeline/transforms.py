@@ -163,8 +163,11 @@ def _join(base: str, *parts: str) -> str:
     return FileSystems.join(base, *parts)
 
 
-def _in_global_window(value) -> WindowedValue:
-    """An output of DoFn.finish_bundle, which must carry its window: this pipeline is batch, one global window."""
+def _in_global_window(value):
+    """An output of DoFn.finish_bundle, which must carry its window: this pipeline is batch, one global window.
+    A TaggedOutput keeps its tag, with its value windowed."""
+    if isinstance(value, beam.pvalue.TaggedOutput):
+        return beam.pvalue.TaggedOutput(value.tag, _in_global_window(value.value))
     return WindowedValue(value, GlobalWindow().max_timestamp(), [GlobalWindow()])
 
 
@@ -344,7 +347,7 @@ class _FilterFn(beam.DoFn):
     time on the benchmark corpus, same reason for every document); a worker holds at most one open batch.
     """
 
-    def __init__(self, cfg: FilterConfig, batch_chars: int = 1 << 20):
+    def __init__(self, cfg: FilterConfig, batch_chars: int = filters.BATCH_CHARS):
         self.cfg, self.batch_chars = cfg, batch_chars
 
     def start_bundle(self):
@@ -357,11 +360,7 @@ class _FilterFn(beam.DoFn):
             yield from self._judge()
 
     def finish_bundle(self):
-        for out in self._judge():
-            if isinstance(out, beam.pvalue.TaggedOutput):
-                yield beam.pvalue.TaggedOutput(out.tag, _in_global_window(out.value))
-            else:
-                yield _in_global_window(out)
+        yield from map(_in_global_window, self._judge())
 
     def _judge(self):
         docs, self._docs, self._chars = self._docs, [], 0

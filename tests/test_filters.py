@@ -345,6 +345,11 @@ def test_batch_gives_the_same_reasons_as_one_document_at_a_time(make_text):
         outcomes.update(one_by_one)
     assert outcomes >= set(filters.REASONS) | {None}
     assert reject_reasons([], DEFAULT) == []
+    # The streamed form: batches of a few documents (and of one, and of everything) give the same reasons.
+    expected = [reject_reason(t, DEFAULT) for t in texts]
+    for batch_chars in (1, 5000, 10**9):
+        assert list(filters.iter_reject_reasons(iter(texts), DEFAULT, batch_chars)) == expected, batch_chars
+    assert list(filters.iter_reject_reasons([], DEFAULT)) == []
 
 
 @pytest.mark.parametrize("name, value, fragment", [

@@ -340,9 +340,14 @@ def _first_positions(tokens: list[str], offset: int = 0) -> list[int]:
     return list(map({}.setdefault, tokens, count(offset)))
 
 
+def _prefix_sums(values: np.ndarray) -> np.ndarray:
+    """(len + 1,) 0 followed by the running sums: element k is the sum of values[:k]."""
+    return np.concatenate(([0], np.cumsum(values)))
+
+
 def _segment_sums(values: np.ndarray, bounds: np.ndarray) -> np.ndarray:
     """Sum of ``values`` over each segment [bounds[k], bounds[k + 1]) (empty segments give 0)."""
-    csum = np.concatenate(([0], np.cumsum(values)))
+    csum = _prefix_sums(values)
     return csum[bounds[1:]] - csum[bounds[:-1]]
 
 
@@ -378,7 +383,7 @@ def _ngram_reasons(ids: np.ndarray, lengths: np.ndarray, bounds: np.ndarray, cfg
     sizes = np.diff(bounds)
     doc_of = np.repeat(np.arange(n_docs), sizes)  # (N,) document of each position
     end_of = np.repeat(bounds[1:], sizes)         # (N,) one past the last position of that document
-    csum = np.concatenate(([0], np.cumsum(lengths)))
+    csum = _prefix_sums(lengths)  # characters before each position: an n-gram at i holds csum[i + n] - csum[i]
     total = (csum[bounds[1:]] - csum[bounds[:-1]]).astype(np.float64)  # (D,) characters of all tokens
     active = total > 0
     pos, label = np.arange(n_tokens), ids
@@ -460,7 +465,7 @@ def reject_reasons(texts: list[str], cfg: FilterConfig) -> list[str | None]:
     # Quality: one code per token (see _TokenClasses), summed per document.
     tokens = [texts[i].split() for i in batch]
     sizes = np.fromiter(map(len, tokens), np.int64, len(tokens))
-    bounds = np.concatenate(([0], np.cumsum(sizes)))
+    bounds = _prefix_sums(sizes)
     flat = list(chain.from_iterable(tokens))
     code = np.fromiter(map(_TOKEN_CLASSES.__getitem__, flat), np.int64, len(flat))
     del flat
@@ -493,9 +498,7 @@ def reject_reasons(texts: list[str], cfg: FilterConfig) -> list[str | None]:
         ids += _first_positions(tokens[j], len(ids))
     keep = np.zeros(len(batch), bool)
     keep[survivors] = True
-    kept_sizes = sizes[keep]
-    ngram = _ngram_reasons(np.array(ids, np.int64), lengths[np.repeat(keep, sizes)],
-                           np.concatenate(([0], np.cumsum(kept_sizes))), cfg)
+    ngram = _ngram_reasons(np.array(ids, np.int64), lengths[np.repeat(keep, sizes)], _prefix_sums(sizes[keep]), cfg)
     for j, reason in zip(survivors, ngram):
         reasons[batch[j]] = reason
     return reasons

@@ -239,14 +239,13 @@ def pipeline_options(beam_args: list[str]):
 # mmap, returned to the OS when freed: the read stage stays at ~300 MB and the largest worker's peak went from
 # 495 to 427-441 MB, with no CPU cost measurable in interleaved runs. 128 KiB gave the same peaks for twice
 # the system time (page faults).
-_MALLOC_ENV = {
+_MALLOC_ENV = {  # environment variable -> (value, its mallopt() parameter number from malloc.h)
     # glibc gives each thread its own arena, and a worker's gRPC and bundle threads then keep freed memory
     # spread over many of them; two arenas cut a worker's peak at 200 MB of input from 571 to 482 MB.
-    "MALLOC_ARENA_MAX": "2",
-    "MALLOC_MMAP_THRESHOLD_": str(4 << 20),
-    "MALLOC_TRIM_THRESHOLD_": str(8 << 20),
+    "MALLOC_ARENA_MAX": ("2", -8),
+    "MALLOC_MMAP_THRESHOLD_": (str(4 << 20), -3),
+    "MALLOC_TRIM_THRESHOLD_": (str(8 << 20), -1),
 }
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # mallopt() parameter numbers (malloc.h)
 
 
 def _bound_malloc() -> None:
@@ -255,17 +254,15 @@ def _bound_malloc() -> None:
     the environment win; on a C library without mallopt (macOS, musl) this only sets the environment."""
     import ctypes
 
-    for name, value in _MALLOC_ENV.items():
+    for name, (value, _) in _MALLOC_ENV.items():
         os.environ.setdefault(name, value)
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return
-    params = {"MALLOC_ARENA_MAX": _M_ARENA_MAX, "MALLOC_MMAP_THRESHOLD_": _M_MMAP_THRESHOLD,
-              "MALLOC_TRIM_THRESHOLD_": _M_TRIM_THRESHOLD}
-    for name in _MALLOC_ENV:
+    for name, (_, param) in _MALLOC_ENV.items():
         try:
-            libc.mallopt(params[name], int(os.environ[name]))
+            libc.mallopt(param, int(os.environ[name]))
         except (ValueError, AttributeError):  # a non-numeric user value is left to glibc to ignore
             pass
 

@@ -8,7 +8,9 @@ In one run, on the same cores and the same corpus:
     as a subprocess with 1 worker (in-process) and 2 workers (multi_processing), with the same tokenizer
     given via --tokenizer so both sides encode with the same model;
   * peak RSS of the launching process and of each worker process (polled with psutil every 0.1 s), at each
-    corpus size, to show whether a worker's memory stays flat as the corpus grows;
+    corpus size, to show whether a worker's memory stays flat as the corpus grows; side by side, once per
+    size, a 2-worker run with --local-transfer-mb 0 (Beam's stock transfers: a grouped stage reaches each
+    worker as one message) as the reference;
   * whether the 1- and 2-worker runs wrote byte-identical shards (sha256 in their manifests).
 
 Ratios are the result (pipeline / raw, 2 workers / 1 worker); absolute numbers depend on the machine and
@@ -148,11 +150,12 @@ def raw_encode(model_path: str, texts: list[str], processes: int) -> tuple[float
     return wall, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime), tokens
 
 
-def run_prepare(files_glob: str, out: str, model_path: str, workers: int) -> dict:
+def run_prepare(files_glob: str, out: str, model_path: str, workers: int, extra: tuple[str, ...] = (),
+                train_shards: int = 8) -> dict:
     """Run the prepare command; returns wall seconds, peak RSS (MB) of the launcher and of its worker processes."""
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "pipeline.prepare", "--input", files_glob, "--output", out,
-           "--tokenizer", model_path, "--train-shards", "8", "--val-shards", "1"]
+           "--tokenizer", model_path, "--train-shards", str(train_shards), "--val-shards", "1", *extra]
     if workers > 1:
         cmd += ["--direct_num_workers", str(workers), "--direct_running_mode", "multi_processing"]
     start = time.perf_counter()
@@ -202,6 +205,9 @@ def main(argv=None) -> None:
                         help="repeat raw encode and both pipeline runs this many times per size (interleaved) and "
                         "report the median and range of each ratio: other jobs on a shared machine slow one run "
                         "or another by 20%% or more")
+    parser.add_argument("--scale-shards", action="store_true",
+                        help="8 train shards at the smallest size and proportionally more at larger ones (the same "
+                        "shard size everywhere; a shard's writer holds its shard's tokens), instead of 8 at every size")
     args = parser.parse_args(argv)
     os.makedirs(args.work, exist_ok=True)
     full = args.sizes_mb if args.one_worker_sizes is None else args.one_worker_sizes
@@ -209,7 +215,9 @@ def main(argv=None) -> None:
     lines = [f"load average before: {os.getloadavg()}, cpus: {os.cpu_count()}"]
     print(lines[0], flush=True)
     model_path = os.path.join(args.work, "tokenizer.model")
+    peaks: dict[int, list[float]] = {}  # size -> largest worker's peak RSS (MB) of each 2-worker run
     for size in args.sizes_mb:
+        shards = round(8 * size / min(args.sizes_mb)) if args.scale_shards else 8
         files = corpus_files(args.work, size, args.file_mb)
         texts = read_texts(files)
         mb = sum(len(t.encode("utf-8")) for t in texts) / 1e6
@@ -224,7 +232,7 @@ def main(argv=None) -> None:
         glob_ = os.path.join(os.path.dirname(files[0]), "*.jsonl.gz")
         reps = []
         for rep in range(args.repeats if size in full else 1):
-            row = {"size_mb": round(mb, 1), "docs": len(texts)}
+            row = {"size_mb": round(mb, 1), "docs": len(texts), "train_shards": shards}
             if size in full:
                 for procs in (1, 2):
                     sec, cpu, tokens = raw_encode(model_path, texts, procs)
@@ -239,15 +247,23 @@ def main(argv=None) -> None:
                           f"{mb / sec:.2f} MB/s, CPU {cpu:.1f} s", flush=True)
                 row.update(plain)
             for workers in ((1, 2) if size in full else (2,)):
-                res = run_prepare(glob_, os.path.join(args.work, f"out-{size}-{workers}"), model_path, workers)
+                res = run_prepare(glob_, os.path.join(args.work, f"out-{size}-{workers}"), model_path, workers,
+                                  train_shards=shards)
                 row[f"pipe{workers}"] = res
                 print(f"{size} MB pipeline, {workers} worker(s): {res['seconds']:.1f} s, {mb / res['seconds']:.2f} MB/s, "
                       f"peak RSS launcher {res['rss_main_mb']:.0f} MB, worker {res['rss_worker_mb']:.0f} MB, "
                       f"CPU s launcher {res['launcher_cpu_s']} workers {res['worker_cpu_s']} | "
                       f"{res['summary']}", flush=True)
+            if rep == 0:
+                res = run_prepare(glob_, os.path.join(args.work, f"out-{size}-stock"), model_path, 2,
+                                  ("--local-transfer-mb", "0"), train_shards=shards)
+                stock = row["stock2"] = res
+                print(f"{size} MB pipeline, 2 workers, Beam's stock transfers: {res['seconds']:.1f} s, peak RSS "
+                      f"launcher {res['rss_main_mb']:.0f} MB, worker {res['rss_worker_mb']:.0f} MB", flush=True)
+            row["stock2"] = stock
+            peaks.setdefault(size, []).append(row["pipe2"]["rss_worker_mb"])
             if "pipe1" in row:
-                same = [s["sha256_bin"] + s["sha256_idx"] for s in row["pipe1"]["manifest"]["shards"]] == \
-                       [s["sha256_bin"] + s["sha256_idx"] for s in row["pipe2"]["manifest"]["shards"]]
+                same = shard_sums(row["pipe1"]) == shard_sums(row["pipe2"])
                 same &= row["pipe1"]["manifest"]["tokenizer"]["sha256"] == row["pipe2"]["manifest"]["tokenizer"]["sha256"]
                 row["identical"] = same
             reps.append(row)
@@ -256,11 +272,21 @@ def main(argv=None) -> None:
         if len(reps) > 1:
             lines.append(repeat_summary(reps))
         print(lines[-1], flush=True)
+    if len(peaks) > 1:
+        first = min(peaks)
+        lines.append("largest worker's peak RSS, 2 workers, median over repetitions: " + ", ".join(
+            f"{size} MB input {statistics.median(v):.0f} MB ({statistics.median(v) / statistics.median(peaks[first]):.2f}x"
+            f" of {first} MB)" for size, v in sorted(peaks.items())))
+        print(lines[-1], flush=True)
     lines.append(f"load average after: {os.getloadavg()}")
     print(lines[-1], flush=True)
     if args.out:
         with open(args.out, "a") as f:
             f.write("\n".join(lines) + "\n")
+
+
+def shard_sums(res: dict) -> list[str]:
+    return [s["sha256_bin"] + s["sha256_idx"] for s in res["manifest"]["shards"]]
 
 
 def repeat_summary(reps: list[dict]) -> str:
@@ -285,7 +311,7 @@ def report_rows(row: dict) -> str:
     mb, out = row["size_mb"], []
     p2 = row["pipe2"]
     kept = p2["manifest"]["documents"]["kept"]
-    out.append(f"corpus {mb} MB, {row['docs']} documents ({kept} kept)")
+    out.append(f"corpus {mb} MB, {row['docs']} documents ({kept} kept), {row['train_shards']} train shards")
     if "pipe1" in row:
         p1 = row["pipe1"]
         t1, t2 = mb / p1["seconds"], mb / p2["seconds"]
@@ -305,6 +331,10 @@ def report_rows(row: dict) -> str:
         out.append(f"  pipeline:   2 workers {mb / p2['seconds']:.2f} MB/s ({row['docs'] / p2['seconds']:.0f} docs/s)")
     out.append(f"  peak RSS 2 workers: launcher {p2['rss_main_mb']:.0f} MB, largest worker {p2['rss_worker_mb']:.0f} MB; "
                f"CPU seconds: launcher {p2['launcher_cpu_s']}, worker processes {p2['worker_cpu_s']}")
+    stock = row["stock2"]
+    out.append(f"  reference, Beam's stock transfers (--local-transfer-mb 0), 2 workers: largest worker "
+               f"{stock['rss_worker_mb']:.0f} MB, launcher {stock['rss_main_mb']:.0f} MB, {mb / stock['seconds']:.2f} MB/s; "
+               f"byte-identical shards: {shard_sums(stock) == shard_sums(p2)}")
     return "\n".join(out)
 
 

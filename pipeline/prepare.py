@@ -35,6 +35,7 @@ import tempfile
 from dataclasses import asdict, fields
 
 from pipeline.filters import FilterConfig
+from pipeline.local_runner import DEFAULT_TRANSFER_BYTES
 from pipeline.manifest import MANIFEST_NAME, load_manifest
 
 LOG = logging.getLogger("pipeline.prepare")
@@ -90,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="train the tokenizer on this many MB (million characters) of kept documents, "
                      "chosen by hash of the document key")
 
+    loc = p.add_argument_group("local runs (the FnApiRunner used without --runner)")
+    loc.add_argument("--local-transfer-mb", type=float, default=DEFAULT_TRANSFER_BYTES / (1 << 20),
+                     help="send each stage's input to the local workers in data messages of about this many MB, "
+                     "so a worker never holds its whole share of a grouped stage; 0 = Beam's stock runner, which "
+                     "sends that share as one message (same results, more worker memory)")
+
     flt = p.add_argument_group("filters (Gopher, Rae et al. 2021, Table A1)")
     for f in fields(FilterConfig):
         flt.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=f.default,
@@ -120,6 +127,9 @@ def validate_args(args: argparse.Namespace) -> None:
     if not 0 <= args.rejected_files <= MAX_SHARDS:
         raise ValueError(f"--rejected-files {args.rejected_files}: use 0 (one file per bundle) or a count up to "
                          f"{MAX_SHARDS}")
+    if not 0 <= args.local_transfer_mb <= 1024:
+        raise ValueError(f"--local-transfer-mb {args.local_transfer_mb}: use a size in MB up to 1024, "
+                         "or 0 for Beam's stock transfers")
     if args.builtin_corpus_mb is not None and args.builtin_corpus_mb <= 0:
         raise ValueError(f"--builtin-corpus-mb {args.builtin_corpus_mb}: use a positive number of MB")
     for flag, value in (("--text-field", args.text_field), ("--id-field", args.id_field)):
@@ -211,8 +221,9 @@ def load_given_tokenizer(path: str) -> dict:
         raise ValueError(f"--tokenizer {path} is not a SentencePiece model ({e})") from e
 
 
-def pipeline_options(beam_args: list[str]):
+def pipeline_options(beam_args: list[str], transfer_bytes: int):
     """PipelineOptions from the pass-through flags, plus the runner instance to use (None = the named runner).
+    A local runner sends stage inputs to its workers in messages of about ``transfer_bytes`` (pipeline.local_runner).
 
     Without --runner (or with DirectRunner) this returns Beam's FnApiRunner: Beam's DirectRunner would
     first try the Prism runner, which downloads a binary. --direct_num_workers N > 1 implies
@@ -229,54 +240,9 @@ def pipeline_options(beam_args: list[str]):
     runner = options.view_as(StandardOptions).runner
     if runner not in (None, "DirectRunner", "SwitchingDirectRunner", "FnApiRunner"):
         return options, None
-    return options, make_local_runner(options)
+    from pipeline.local_runner import make_local_runner
 
-
-# glibc malloc settings for local runs (bytes). By default glibc raises its mmap threshold each time a large
-# block is freed (up to 32 MB); after that, big texts, token arrays and grouped payloads come from the heap
-# and fragment it, so a worker's RSS crept up through the streaming read stage (207 -> 362 MB over the 200 MB
-# benchmark corpus). A fixed threshold (which also fixes the trim threshold) keeps blocks of 4 MiB and more in
-# mmap, returned to the OS when freed: the read stage stays at ~300 MB and the largest worker's peak went from
-# 495 to 427-441 MB, with no CPU cost measurable in interleaved runs. 128 KiB gave the same peaks for twice
-# the system time (page faults).
-_MALLOC_ENV = {  # environment variable -> (value, its mallopt() parameter number from malloc.h)
-    # glibc gives each thread its own arena, and a worker's gRPC and bundle threads then keep freed memory
-    # spread over many of them; two arenas cut a worker's peak at 200 MB of input from 571 to 482 MB.
-    "MALLOC_ARENA_MAX": ("2", -8),
-    "MALLOC_MMAP_THRESHOLD_": (str(4 << 20), -3),
-    "MALLOC_TRIM_THRESHOLD_": (str(8 << 20), -1),
-}
-
-
-def _bound_malloc() -> None:
-    """Apply _MALLOC_ENV to the local worker processes (they inherit the environment) and, through mallopt,
-    to this process, which runs the in-process worker and holds the runner's buffers. Values the user set in
-    the environment win; on a C library without mallopt (macOS, musl) this only sets the environment."""
-    import ctypes
-
-    for name, (value, _) in _MALLOC_ENV.items():
-        os.environ.setdefault(name, value)
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    for name, (_, param) in _MALLOC_ENV.items():
-        try:
-            libc.mallopt(param, int(os.environ[name]))
-        except (ValueError, AttributeError):  # a non-numeric user value is left to glibc to ignore
-            pass
-
-
-def make_local_runner(options):
-    """Beam's FnApiRunner with the pipeline options provisioned to its workers (as DirectRunner does)."""
-    from apache_beam.portability.api import beam_provision_api_pb2
-    from apache_beam.runners.portability.fn_api_runner import fn_runner
-    from apache_beam.runners.portability.portable_runner import JobServiceHandle
-
-    _bound_malloc()
-    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
-    info = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
-    return fn_runner.FnApiRunner(provision_info=info)
+    return options, make_local_runner(options, transfer_bytes)
 
 
 def build_pipeline(p, args, cfg: FilterConfig, files: list[str], hf_rows: int, given_tokenizer: dict | None,
@@ -326,7 +292,7 @@ def run(argv: list[str] | None = None) -> dict:
     args, beam_args = parser.parse_known_args(argv)
     validate_args(args)
     cfg = filter_config(args)
-    options, runner = pipeline_options(beam_args)
+    options, runner = pipeline_options(beam_args, int(args.local_transfer_mb * (1 << 20)))
 
     files = resolve_inputs(args.input)
     given = load_given_tokenizer(args.tokenizer) if args.tokenizer else None

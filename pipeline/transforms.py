@@ -595,6 +595,17 @@ class GivenTokenizer(beam.PTransform):
 # Tokenize, assign split and shard, write shards
 
 
+# Token bytes a tokenizing worker may hold in open batches, over all shards: with many shards each batch is
+# smaller (down to MIN_TOKEN_BATCH_BYTES), so the open batches of 64 shards took 64 MB of a worker before.
+OPEN_BATCHES_BYTES = 16 << 20
+MAX_TOKEN_BATCH_BYTES, MIN_TOKEN_BATCH_BYTES = 1 << 20, 16 << 10
+
+
+def token_batch_bytes(shards: int) -> int:
+    """Size of one shard's batch of token bytes when ``shards`` shards (train + val) are open at once."""
+    return max(MIN_TOKEN_BATCH_BYTES, min(MAX_TOKEN_BATCH_BYTES, OPEN_BATCHES_BYTES // max(shards, 1)))
+
+
 class _TokenizeFn(beam.DoFn):
     """(dedup_key, Document) -> ((split, shard), packed batch of ((document_key, dedup_key), token bytes)).
 
@@ -605,7 +616,7 @@ class _TokenizeFn(beam.DoFn):
     process, serially) and 2.8x fewer bytes, and a worker holds at most one open batch per shard.
     """
 
-    def __init__(self, val_fraction: float, train_shards: int, val_shards: int, batch_bytes: int = 1 << 20):
+    def __init__(self, val_fraction: float, train_shards: int, val_shards: int, batch_bytes: int):
         self.val_fraction, self.train_shards, self.val_shards = val_fraction, train_shards, val_shards
         self.batch_bytes = batch_bytes
         self.kept = Metrics.counter(COUNTER_NAMESPACE, "kept")
@@ -650,11 +661,14 @@ class _TokenizeFn(beam.DoFn):
 
 
 class TokenizeAndAssign(beam.PTransform):
-    """(dedup_key, Document) -> shard-keyed batches of token bytes; the tokenizer info is a singleton side input."""
+    """(dedup_key, Document) -> shard-keyed batches of token bytes; the tokenizer info is a singleton side input.
+    ``batch_bytes`` defaults to token_batch_bytes(train_shards + val_shards)."""
 
-    def __init__(self, tokenizer, val_fraction: float, train_shards: int, val_shards: int, batch_bytes: int = 1 << 20):
+    def __init__(self, tokenizer, val_fraction: float, train_shards: int, val_shards: int,
+                 batch_bytes: int | None = None):
         super().__init__()
-        self.tokenizer, self.batch_bytes = tokenizer, batch_bytes
+        self.tokenizer = tokenizer
+        self.batch_bytes = batch_bytes or token_batch_bytes(train_shards + val_shards)
         self.val_fraction, self.train_shards, self.val_shards = val_fraction, train_shards, val_shards
 
     def expand(self, unique):

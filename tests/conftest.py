@@ -80,7 +80,7 @@ def beam_pipeline():
     from apache_beam.options.pipeline_options import PipelineOptions
     from apache_beam.testing.test_pipeline import TestPipeline
 
-    from pipeline.prepare import make_local_runner
+    from pipeline.local_runner import make_local_runner
 
     def factory():
         options = PipelineOptions([])

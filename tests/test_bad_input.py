@@ -99,6 +99,7 @@ def corpus(tmp_path):
     (["--val-fraction", "1.5"], ValueError, "--val-fraction"),
     (["--train-shards", "0"], ValueError, "--train-shards"),
     (["--rejected-files", "-1"], ValueError, "--rejected-files"),
+    (["--local-transfer-mb", "-1"], ValueError, "--local-transfer-mb"),
     (["--tokenizer-sample-mb", "0"], ValueError, "--tokenizer-sample-mb"),
     (["--text-field", ""], ValueError, "--text-field"),
     (["--min-words", "-5"], ValueError, "min_words"),

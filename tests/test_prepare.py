@@ -80,14 +80,16 @@ def test_end_to_end(prepared):
 
 
 def test_two_workers_give_byte_identical_outputs(prepared, tmp_path):
-    """multi_processing with 2 worker processes (every DoFn is pickled) == the in-process run, byte for byte."""
-    out2 = str(tmp_path / "out2")
-    m2 = run(["--input", prepared["inputs"], "--output", out2, *PREPARE_OPTIONS,
-              "--direct_num_workers", "2", "--direct_running_mode", "multi_processing"])
-    assert shard_files(out2) == shard_files(prepared["out"])
+    """multi_processing with 2 worker processes (every DoFn is pickled) == the in-process run, byte for byte;
+    so do 1 KB transfers (every grouped stage reaches the workers in many messages) and Beam's stock transfers."""
     strip = lambda m: {k: v for k, v in m.items() if k != "config"}  # noqa: E731 -- config records the flags
-    assert strip(m2) == strip(prepared["manifest"])
-    assert m2["config"]["beam_args"][-2:] == ["--direct_running_mode", "multi_processing"]
+    for name, flags in (("out2", ["--local-transfer-mb", "0.001"]), ("stock", ["--local-transfer-mb", "0"])):
+        out2 = str(tmp_path / name)
+        m2 = run(["--input", prepared["inputs"], "--output", out2, *PREPARE_OPTIONS, *flags,
+                  "--direct_num_workers", "2", "--direct_running_mode", "multi_processing"])
+        assert shard_files(out2) == shard_files(prepared["out"])
+        assert strip(m2) == strip(prepared["manifest"])
+        assert m2["config"]["beam_args"][-2:] == ["--direct_running_mode", "multi_processing"]
 
 
 def test_given_tokenizer_mixed_formats_and_overwrite(prepared, tmp_path):

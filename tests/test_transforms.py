@@ -238,6 +238,14 @@ def test_tokenize_and_write_shards(tmp_path, make_text, beam_pipeline, batch_byt
     assert not [p for p in tmp_path.rglob("*") if ".tmp-" in p.name]  # no temp files left behind
 
 
+def test_open_token_batches_share_one_budget():
+    """A tokenizing worker holds one open batch per shard: their sizes share OPEN_BATCHES_BYTES (16 MB)."""
+    assert t.token_batch_bytes(9) == 1 << 20  # the defaults (8 train + 1 val): 1 MB batches, 9 MB open at most
+    assert t.token_batch_bytes(65) == (16 << 20) // 65 and 65 * t.token_batch_bytes(65) <= 16 << 20
+    assert t.token_batch_bytes(100_000) == 16 << 10  # the floor keeps batches worth compressing
+    assert t.TokenizeAndAssign(None, 0.0, 64, 1).batch_bytes == t.token_batch_bytes(65)
+
+
 def test_rejected_records_are_formatted_in_blocks_of_whole_lines(beam_pipeline):
     rejections = [Rejection(id=str(i), source=f"s:{i}", reason="empty", text="line one\nline two") for i in range(10)]
     with beam_pipeline() as p:

@@ -1,16 +1,16 @@
 """The local runner: Beam's FnApiRunner, provisioned with the pipeline options, with bounded worker memory.
 
-Two things keep a local worker's peak memory from growing with the corpus:
+Two things limit the memory a local worker spends on what the runner sends it and on freed blocks:
 
 - The runner sends a grouped stage's input to each worker in ~1 MB data messages. Stock FnApiRunner encodes
-  a worker's whole share of a GroupByKey's output as one byte string and sends it as one message, so the
-  worker received its share of every kept document (the dedup grouping) at once, and held it several times
-  over while the data plane parsed and queued it; the largest worker peaked at 345 -> 432 -> 635 MB for
-  50/200/400 MB of input. Here the share is encoded in pieces of about TRANSFER_BYTES, cut at group
-  boundaries (ChunkedGroupingBuffer), and each piece leaves as soon as it is written (_send_input_in_pieces):
-  a worker's receive queue holds at most 5 messages and the runner waits while it is full, so at most a few
-  MB of input wait in a worker, whatever the corpus size. The groups, their assignment to workers and their
-  order are those of the stock runner; only the message sizes differ.
+  a worker's whole share of a GroupByKey's output as one byte string and sends it as one message, so at the
+  dedup grouping a worker received the compressed text of all its kept documents at once; the largest worker
+  peaked at 336/448/594/889 MB for 50/200/400/800 MB of input, and at 318-324/389-399/431/512 MB with the
+  pieces sent here. The share is encoded in pieces of about TRANSFER_BYTES, cut at group boundaries
+  (ChunkedGroupingBuffer), and each piece leaves as soon as it is written (_send_input_in_pieces): a worker's
+  receive queue holds at most 5 messages and the runner waits while it is full, so a few MB of input wait in
+  a worker whatever the corpus size. The groups, their assignment to workers and their order are those of
+  the stock runner; only the message sizes differ.
 - glibc malloc thresholds are fixed (_MALLOC_ENV), so big blocks go back to the system when freed.
 
 Both runner changes replace FnApiRunner internals (its GroupingBuffer class and one BundleManager method).
@@ -28,8 +28,9 @@ import os
 LOG = logging.getLogger("pipeline.local_runner")
 
 # Size of the data messages that carry a stage's input from the runner to a worker (bytes). The stock
-# runner's sender flushes at 10 MB, and a grouped stage's input went out as one message per worker; ~1 MB
-# messages took the largest worker at 200 MB of input from 441-475 to 369 MB.
+# runner's sender flushes at 10 MB, and a grouped stage's input went out as one message per worker. With ~1 MB
+# messages the largest worker peaked at 389-399 instead of 448 MB for 200 MB of input, 512 instead of 889 MB
+# for 800 MB, in the same time; 0.125 MB messages gave the same peaks as 1 MB.
 DEFAULT_TRANSFER_BYTES = 1 << 20
 TRANSFER_BYTES = DEFAULT_TRANSFER_BYTES  # in use; set by set_transfer_bytes
 

@@ -400,7 +400,8 @@ def pack_document(doc: Document) -> tuple[str, str, bool, bytes]:
     """A Document as it crosses the dedup shuffle, its text zstd-compressed (level 1).
 
     Every kept document passes through that shuffle, so its size is what the runner holds (the local runner
-    keeps it in memory and hands each worker its share in one piece) and what a Dataflow shuffle bills.
+    keeps it in memory and streams each worker its share, see pipeline.local_runner) and what a Dataflow
+    shuffle bills.
     Measured on docstrings: 1.8x smaller, ~8 ms per MB of text to compress and ~4 ms to decompress.
     """
     return doc.id, doc.source, doc.derived_id, _zstd().compressor.compress(doc.text.encode("utf-8"))

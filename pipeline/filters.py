@@ -325,6 +325,12 @@ def _paragraphs(stripped_lines: list[str]) -> list[str]:
     return list(filter(None, _PARAGRAPH_BREAK.split("\n".join(stripped_lines).strip("\n"))))
 
 
+def _stripped_lines(text: str) -> tuple[list[str], list[str]]:
+    """(every line stripped, blank ones as ""; the non-blank ones): what the line rules read."""
+    stripped = list(map(str.strip, text.split("\n")))
+    return stripped, list(filter(None, stripped))
+
+
 def _line_reason(stripped_lines: list[str], nonblank: list[str], cfg: FilterConfig) -> str | None:
     """The duplicated line and paragraph rules, in order. ``stripped_lines`` holds every line (blank ones as "")."""
     return (_duplicated_reason(nonblank, cfg.max_duplicate_line_fraction, cfg.max_duplicate_line_char_fraction,
@@ -427,11 +433,11 @@ def _ngram_reasons(ids: np.ndarray, lengths: np.ndarray, bounds: np.ndarray, cfg
 
 def repetition_reason(text: str, cfg: FilterConfig) -> str | None:
     """The first Gopher repetition rule ``text`` fails (see the module docstring for order), or None."""
-    stripped = list(map(str.strip, text.split("\n")))
-    reason = _line_reason(stripped, list(filter(None, stripped)), cfg)
+    stripped, nonblank = _stripped_lines(text)
+    reason = _line_reason(stripped, nonblank, cfg)
     if reason is not None:
         return reason
-    del stripped
+    del stripped, nonblank
     tokens = text.split()
     ids = np.fromiter(_first_positions(tokens), np.int64, len(tokens))
     lengths = np.fromiter(map(len, tokens), np.int64, len(tokens))
@@ -482,8 +488,7 @@ def reject_reasons(texts: list[str], cfg: FilterConfig) -> list[str | None]:
         if counts[0] > cfg.max_words:
             reasons[i] = TOO_MANY_WORDS
             continue
-        stripped = list(map(str.strip, text.split("\n")))
-        nonblank = list(filter(None, stripped))
+        stripped, nonblank = _stripped_lines(text)
         reason = _quality_verdict(text, counts, (nonblank,), cfg) or _line_reason(stripped, nonblank, cfg)
         if reason is None:
             survivors.append(j)

@@ -6,7 +6,6 @@ import gzip
 import json
 import os
 import random
-import time
 
 import numpy as np
 import pytest
@@ -147,11 +146,37 @@ def random_data_dir(root, vocab: int = 256, seed: int = 0):
     return root
 
 
-def best_seconds(fn, repeats: int) -> float:
-    """The fastest of ``repeats`` calls of ``fn``, in seconds (other work on the machine only adds time)."""
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+class CountingText(str):
+    """A str that adds up the characters its own operations go over: ``touched`` counts what its slices copy
+    and what its whole-text methods scan, so a cost check can count work instead of timing it (timings
+    belong to benchmarks/, where a noisy machine cannot fail a test). Pieces it returns are plain str."""
+
+    _SCANS = ("split", "splitlines", "count", "strip", "lower", "replace", "encode", "rsplit", "partition",
+              "startswith", "endswith", "isspace", "translate", "casefold", "upper")
+
+    def __new__(cls, text: str):
+        self = super().__new__(cls, text)
+        self.touched = 0
+        return self
+
+    def __getitem__(self, key):
+        piece = str.__getitem__(self, key)
+        self.touched += len(piece) if isinstance(key, slice) else 1
+        return piece
+
+    def find(self, sub, start=0, end=None):
+        i = str.find(self, sub, start, len(self) if end is None else end)
+        self.touched += (len(self) if i < 0 else i + len(sub)) - min(start, len(self))
+        return i
+
+
+def _counting_scan(name):
+    def method(self, *args, **kwargs):
+        self.touched += len(self)
+        return getattr(str, name)(self, *args, **kwargs)
+    method.__name__ = name
+    return method
+
+
+for _name in CountingText._SCANS:
+    setattr(CountingText, _name, _counting_scan(_name))

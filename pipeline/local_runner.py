@@ -24,6 +24,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import threading
 
 LOG = logging.getLogger("pipeline.local_runner")
 
@@ -74,10 +75,8 @@ def _chunked_grouping_buffer_class(base):
     return ChunkedGroupingBuffer
 
 
-def _send_input_in_pieces(self, process_bundle_id: str, read_transform_id: str, byte_streams) -> None:
-    """BundleManager._send_input_to_worker, sending a message whenever TRANSFER_BYTES are buffered (the stock
-    method leaves that to the stream, which flushes at 10 MB)."""
-    data_out = self._worker_handler.data_conn.output_stream(process_bundle_id, read_transform_id)
+def _write_in_pieces(data_out, byte_streams) -> None:
+    """Write ``byte_streams`` to ``data_out``, sending a message whenever TRANSFER_BYTES are buffered, then end it."""
     for byte_stream in byte_streams or []:
         data_out.write(byte_stream)
         if data_out.size() >= TRANSFER_BYTES:
@@ -85,36 +84,150 @@ def _send_input_in_pieces(self, process_bundle_id: str, read_transform_id: str, 
     data_out.close()
 
 
-_STOCK: dict[str, object] = {}  # FnApiRunner's own GroupingBuffer and _send_input_to_worker, once replaced
+def _send_or_fail_bundle(data_conn, data_out, byte_streams, process_bundle_id: str) -> None:
+    """The body of a sender thread. On any error the worker never sees the end of its input, so the bundle must
+    not wait for it: the error is stored where the runner's read loop for this connection raises it (it checks
+    the channel's _exception every second while it waits for outputs), and the pipeline fails with it."""
+    try:
+        _write_in_pieces(data_out, byte_streams)
+    except BaseException as e:  # noqa: BLE001 - re-raised in the runner's thread through the channel
+        LOG.exception("sending the input of %s to a local worker failed", process_bundle_id)
+        data_conn._exception = RuntimeError(f"sending the input of {process_bundle_id} to a local worker failed: "
+                                            f"{type(e).__name__}: {e}")
+
+
+def _send_input_in_pieces(self, process_bundle_id: str, read_transform_id: str, byte_streams) -> None:
+    """BundleManager._send_input_to_worker, sending a message whenever TRANSFER_BYTES are buffered (the stock
+    method leaves that to the stream, which flushes at 10 MB), from its own thread for a worker over gRPC.
+
+    FnApiRunner sends a bundle's whole input before it asks the worker to start the bundle and before it reads
+    the bundle's outputs. That is safe for one message, which the send queue takes whatever its size; in
+    pieces, the worker's receive queue fills (5 messages), then the runner's send queues (100 MB each), and
+    with a larger share the runner blocks here forever: a deadlock (reproduced with the send queues at 2 MB
+    on 200 MB of input). Sent from a thread, the runner goes on at once to start the bundle and read its
+    outputs while the input streams in, so neither side waits for the other and the worker's outputs no
+    longer queue up in it. An in-process worker runs the whole bundle inside the runner's push(), so its
+    input must be all there first: it is written here, before this returns, as the stock method does.
+    """
+    from apache_beam.runners.worker import data_plane
+
+    data_conn = self._worker_handler.data_conn
+    data_out = data_conn.output_stream(process_bundle_id, read_transform_id)
+    if not isinstance(data_conn, data_plane._GrpcDataChannel):
+        _write_in_pieces(data_out, byte_streams)
+        return
+    threading.Thread(target=_send_or_fail_bundle, args=(data_conn, data_out, byte_streams, process_bundle_id),
+                     name=f"send-{process_bundle_id}", daemon=True).start()
+
+
+def _small_message_stream_class(base):
+    """A subclass of Beam's SizeBasedBufferingClosableOutputStream ``base`` that flushes at TRANSFER_BYTES by
+    default instead of 10 MB: every data stream a process opens (a worker's stage outputs among them) then
+    sends ~1 MB messages."""
+
+    class SmallMessageStream(base):
+        def __init__(self, close_callback=None, flush_callback=None, size_flush_threshold=None, *args, **kwargs):
+            super().__init__(close_callback, flush_callback,
+                             TRANSFER_BYTES if size_flush_threshold is None else size_flush_threshold, *args, **kwargs)
+
+    return SmallMessageStream
+
+
+# The command FnApiRunner starts its multi_processing workers with, and the one the local runner uses instead:
+# Beam's worker after set_transfer_bytes (pipeline.local_worker).
+_STOCK_WORKER_COMMAND = "{python} -m apache_beam.runners.worker.sdk_worker_main"
+_WORKER_COMMAND = "{python} -m pipeline.local_worker {transfer_bytes}"
+
+_STOCK: dict[str, object] = {}  # Beam's own classes and method, once replaced (see set_transfer_bytes)
+
+
+def _probe_beam() -> bool:
+    """Whether this Beam's FnApiRunner and data plane are the ones the replacements here were written for."""
+    from apache_beam.runners.portability.fn_api_runner import execution, fn_runner
+    from apache_beam.runners.worker import data_plane
+
+    grouping, send = execution.GroupingBuffer, fn_runner.BundleManager._send_input_to_worker
+    uses = set(grouping.__init__.__code__.co_names) | set(grouping.partition.__code__.co_names)
+    channel = getattr(data_plane, "_GrpcDataChannel", None)
+    stream = getattr(data_plane, "SizeBasedBufferingClosableOutputStream", None)
+    create = getattr(getattr(data_plane, "ClosableOutputStream", None), "create", None)
+    return bool(
+        {"_table", "_windowing", "_post_grouped_coder", "_key_coder", "_grouped_output"} <= uses
+        and list(inspect.signature(send).parameters) == list(inspect.signature(_send_input_in_pieces).parameters)
+        and "_worker_handler" in send.__code__.co_names
+        # The sender thread reports a failure through the channel's _exception, which input_elements raises.
+        and channel is not None
+        and "_exception" in set(channel.__init__.__code__.co_names) & set(channel.input_elements.__code__.co_names)
+        # Streams are made by ClosableOutputStream.create, which looks the class up by its module-level name.
+        and stream is not None and create is not None
+        and "SizeBasedBufferingClosableOutputStream" in create.__code__.co_names
+        # A worker coalesces queued messages into one gRPC message up to this module-level size.
+        and isinstance(getattr(data_plane, "_DEFAULT_SIZE_FLUSH_THRESHOLD", None), int)
+        and "_DEFAULT_SIZE_FLUSH_THRESHOLD" in channel._write_outputs.__code__.co_names
+        and list(inspect.signature(stream.__init__).parameters)[1:4] == ["close_callback", "flush_callback",
+                                                                          "size_flush_threshold"])
 
 
 def set_transfer_bytes(transfer_bytes: int) -> bool:
-    """Make FnApiRunner, in this process (which runs the runner), send stage inputs to workers in messages of
-    about ``transfer_bytes``, or restore its stock transfers when 0. Returns whether the bounded transfers are
-    in use: False for 0, and False with a warning when this Beam's runner is not the one this was written for."""
+    """Make this process send its data in messages of about ``transfer_bytes``, or restore Beam's stock
+    transfers when 0: grouped stage inputs go to workers in pieces (runner side), and every data stream flushes
+    at that size (the runner's, and a worker's outputs once pipeline.local_worker calls this). Returns whether
+    the bounded transfers are in use: False for 0, and False with a warning when this Beam is not the one this
+    was written for."""
     global TRANSFER_BYTES
     from apache_beam.runners.portability.fn_api_runner import execution, fn_runner
+    from apache_beam.runners.worker import data_plane
 
     if not _STOCK:
-        grouping, send = execution.GroupingBuffer, fn_runner.BundleManager._send_input_to_worker
-        uses = set(grouping.__init__.__code__.co_names) | set(grouping.partition.__code__.co_names)
-        if not ({"_table", "_windowing", "_post_grouped_coder", "_key_coder", "_grouped_output"} <= uses
-                and list(inspect.signature(send).parameters) == list(inspect.signature(_send_input_in_pieces).parameters)
-                and "_worker_handler" in send.__code__.co_names):
+        if not _probe_beam():
             if transfer_bytes:
                 LOG.warning("this Beam's FnApiRunner differs from the one pipeline.local_runner was written for; "
-                            "grouped stages reach local workers as one message each, so a worker's peak memory "
-                            "grows with its share of the corpus (the results are the same)")
+                            "grouped stages reach local workers as one message each and workers send 10 MB "
+                            "messages, so a worker's peak memory grows with its share of the corpus (the results "
+                            "are the same)")
             return False
-        _STOCK.update(grouping=grouping, send=send, chunked=_chunked_grouping_buffer_class(grouping))
+        grouping, stream = execution.GroupingBuffer, data_plane.SizeBasedBufferingClosableOutputStream
+        _STOCK.update(grouping=grouping, send=fn_runner.BundleManager._send_input_to_worker, stream=stream,
+                      flush=data_plane._DEFAULT_SIZE_FLUSH_THRESHOLD, chunked=_chunked_grouping_buffer_class(grouping), small=_small_message_stream_class(stream))
     if transfer_bytes:
         TRANSFER_BYTES = int(transfer_bytes)
         execution.GroupingBuffer = _STOCK["chunked"]
         fn_runner.BundleManager._send_input_to_worker = _send_input_in_pieces
+        data_plane.SizeBasedBufferingClosableOutputStream = _STOCK["small"]
+        data_plane._DEFAULT_SIZE_FLUSH_THRESHOLD = TRANSFER_BYTES
     else:
         execution.GroupingBuffer = _STOCK["grouping"]
         fn_runner.BundleManager._send_input_to_worker = _STOCK["send"]
+        data_plane.SizeBasedBufferingClosableOutputStream = _STOCK["stream"]
+        data_plane._DEFAULT_SIZE_FLUSH_THRESHOLD = _STOCK["flush"]
     return bool(transfer_bytes)
+
+
+def _local_runner_class():
+    """FnApiRunner, starting its multi_processing workers as pipeline.local_worker while the bounded transfers
+    are in use (set_transfer_bytes), so that their outputs leave in ~1 MB messages as well."""
+    import sys
+
+    from apache_beam.options.pipeline_options import DirectOptions
+    from apache_beam.portability import python_urns
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+
+    class LocalRunner(fn_runner.FnApiRunner):
+        def run_via_runner_api(self, pipeline_proto, options):
+            # run_pipeline has just put its worker command into the proto's environments: replace it.
+            if fn_runner.BundleManager._send_input_to_worker is _send_input_in_pieces:
+                stock = _STOCK_WORKER_COMMAND.format(python=sys.executable).encode()
+                ours = _WORKER_COMMAND.format(python=sys.executable, transfer_bytes=TRANSFER_BYTES).encode()
+                replaced = 0
+                for env in pipeline_proto.components.environments.values():
+                    if env.urn == python_urns.SUBPROCESS_SDK and env.payload == stock:
+                        env.payload, replaced = ours, replaced + 1
+                if not replaced and options.view_as(DirectOptions).direct_running_mode == "multi_processing":
+                    LOG.warning("this Beam starts its local workers with another command than %r; they send "
+                                "10 MB messages (the results are the same)", stock.decode())
+            return super().run_via_runner_api(pipeline_proto, options)
+
+    return LocalRunner
 
 
 # glibc malloc settings for local runs (bytes). By default glibc raises its mmap threshold each time a large
@@ -163,4 +276,4 @@ def make_local_runner(options, transfer_bytes: int = DEFAULT_TRANSFER_BYTES):
     set_transfer_bytes(transfer_bytes)
     encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
     info = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
-    return fn_runner.FnApiRunner(provision_info=info)
+    return _local_runner_class()(provision_info=info)

@@ -108,3 +108,99 @@ def test_make_local_runner_installs_bounded_transfers_and_zero_restores_the_stoc
         assert local_runner._STOCK["chunked"].__mro__[1] is local_runner._STOCK["grouping"]
     finally:
         assert local_runner.set_transfer_bytes(1 << 20)
+
+
+def test_a_failed_send_fails_the_bundle_instead_of_ending_its_input():
+    """If writing a worker's input fails half-way, the worker must not see the end of its input (it would then
+    finish the bundle on part of its data): the stream stays open and the error goes where the runner's read
+    loop raises it."""
+    channel = data_plane.InMemoryDataChannel()
+
+    class Connection:
+        _exception = None
+
+    def pieces():
+        yield b"x" * 100
+        raise OSError("disk gone")
+
+    local_runner._send_or_fail_bundle(Connection, channel.output_stream("bundle-9", "read"), pieces(), "bundle-9")
+    assert isinstance(Connection._exception, RuntimeError)
+    assert "bundle-9" in str(Connection._exception) and "OSError: disk gone" in str(Connection._exception)
+    assert not [e for e in channel.inverse()._inputs if e.instruction_id == "bundle-9" and e.is_last]
+
+
+def test_streams_flush_at_transfer_bytes_and_zero_restores_beams_10_mb(small_transfers):
+    assert local_runner.set_transfer_bytes(4096)
+    try:
+        sent = []
+        stream = data_plane.ClosableOutputStream.create(lambda data: None, lambda data: sent.append(len(data)), 0)
+        for _ in range(10):
+            stream.write(b"y" * 1500)
+            stream.maybe_flush()
+        assert sent == [4500, 4500, 4500]  # flushed once past 4096 bytes, where Beam's stream would wait for 10 MB
+        assert data_plane._DEFAULT_SIZE_FLUSH_THRESHOLD == 4096  # and a worker coalesces messages up to that
+        assert not local_runner.set_transfer_bytes(0)
+        assert data_plane.SizeBasedBufferingClosableOutputStream is local_runner._STOCK["stream"]
+        assert data_plane._DEFAULT_SIZE_FLUSH_THRESHOLD == 10 << 20
+    finally:
+        assert local_runner.set_transfer_bytes(local_runner.DEFAULT_TRANSFER_BYTES)
+
+
+_TWO_WORKER_RUN = r'''
+import hashlib, json, os, sys
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.worker import data_plane
+from pipeline.local_runner import make_local_runner
+
+# The runner's send queues hold 64 KB instead of 100 MB: a worker's share of the grouping below (~20 MB) in
+# 1 KB messages overflows them, and gRPC's buffers, many times. Sent before the bundle starts, as FnApiRunner
+# does, it hangs.
+data_plane._DEFAULT_SEND_QUEUE_MAX_BYTES = 1 << 16
+options = PipelineOptions(["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"])
+
+def values(seed):  # 200 keys x 100 values x 2 KB = 40 MB, made in the workers
+    for i in range(seed, 20000, 8):
+        yield i % 200, ("%05d" % i) * 400
+
+def seen_by_worker(kv):
+    from apache_beam.runners.worker import data_plane as worker_plane
+    digest = hashlib.sha256("".join(sorted(kv[1])).encode()).hexdigest()
+    return os.getpid(), worker_plane._DEFAULT_SIZE_FLUSH_THRESHOLD, kv[0], len(kv[1]), digest
+
+with beam.Pipeline(runner=make_local_runner(options, int(sys.argv[1])), options=options) as p:
+    (p | beam.Create(range(8)) | beam.FlatMap(values) | beam.GroupByKey() | beam.Map(seen_by_worker)
+       | beam.combiners.ToList() | beam.Map(lambda rows: print("RESULT " + json.dumps(rows), flush=True)))
+'''
+
+
+@pytest.mark.parametrize("transfer_bytes", [1024, 0])
+def test_two_workers_finish_a_grouping_far_larger_than_the_send_queues(tmp_path, transfer_bytes):
+    """Real worker processes. With 1 KB messages each worker runs pipeline.local_worker (it reports Beam's flush
+    size as 1024 from inside the worker), and the run finishes although the runner's send queues are far
+    smaller than a worker's share; with 0 the workers are Beam's own (10 MB). Same groups either way."""
+    import hashlib
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "run.py"
+    script.write_text(_TWO_WORKER_RUN)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, str(script), str(transfer_bytes)], cwd=root, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the workers too
+        pytest.fail("the two-worker run hung (a deadlock between the runner's input sender and its workers)")
+    assert proc.returncode == 0, out[-2000:] + err[-4000:]
+    rows = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+    expected = [(k, 100, hashlib.sha256("".join(("%05d" % i) * 400 for i in range(k, 20000, 200)).encode()).hexdigest())
+                for k in range(200)]
+    assert sorted((key, n, digest) for _, _, key, n, digest in rows) == expected
+    assert {flush for _, flush, _, _, _ in rows} == {transfer_bytes or 10 << 20}
+    assert len({row[0] for row in rows}) == 2 and os.getpid() not in {row[0] for row in rows}

@@ -1,23 +1,30 @@
 """The local runner: Beam's FnApiRunner, provisioned with the pipeline options, with bounded worker memory.
 
-Two things limit the memory a local worker spends on what the runner sends it and on freed blocks:
+What limits the memory of a local run, all of it in data messages of about TRANSFER_BYTES (1 MB) where Beam
+uses whole shares and 10 MB:
 
-- The runner sends a grouped stage's input to each worker in ~1 MB data messages. Stock FnApiRunner encodes
-  a worker's whole share of a GroupByKey's output as one byte string and sends it as one message, so at the
-  dedup grouping a worker received the compressed text of all its kept documents at once; the largest worker
-  peaked at 336/448/594/889 MB for 50/200/400/800 MB of input, and at 318-324/389-399/431/512 MB with the
-  pieces sent here. The share is encoded in pieces of about TRANSFER_BYTES, cut at group boundaries
-  (ChunkedGroupingBuffer), and each piece leaves as soon as it is written (_send_input_in_pieces): a worker's
-  receive queue holds at most 5 messages and the runner waits while it is full, so a few MB of input wait in
-  a worker whatever the corpus size. The groups, their assignment to workers and their order are those of
-  the stock runner; only the message sizes differ.
+- Runner to worker. Stock FnApiRunner encodes a worker's whole share of a GroupByKey's output as one byte
+  string and sends it as one message, so at the dedup grouping a worker received the compressed text of all
+  its kept documents at once. Here the share is encoded in pieces cut at group boundaries
+  (ChunkedGroupingBuffer), and each piece leaves as soon as it is written, from a thread
+  (_send_input_in_pieces), while the runner starts the bundle and reads its outputs: FnApiRunner sends a
+  bundle's whole input before it does either, which with pieces would deadlock once a share outgrows the
+  send queues. The groups, their assignment to workers and their order are those of the stock runner.
+- Worker to runner. Beam's worker buffers each output stream up to 10 MB and coalesces queued messages up to
+  10 MB, and copies each one three or four times on its way out (the stream, the Data message, the coalesced
+  Elements message, its serialization): heaptrack on a worker of the 200 MB benchmark put 62 MB in protobuf
+  arenas and 34 MB in output-stream buffers at its peak. multi_processing workers therefore start as
+  pipeline.local_worker, which applies set_transfer_bytes in the worker before running Beam's sdk_worker_main.
 - glibc malloc thresholds are fixed (_MALLOC_ENV), so big blocks go back to the system when freed.
 
-Both runner changes replace FnApiRunner internals (its GroupingBuffer class and one BundleManager method).
-set_transfer_bytes() first checks that this Beam still has them as expected, and otherwise leaves the
-runner as it is, with a warning: results are the same either way, only a worker's peak memory differs. The
-launching process still holds every byte between stages, as FnApiRunner keeps all intermediate data in its
-memory.
+Largest worker's peak RSS, 2 workers, 8 train shards, 50/200/400 MB of input: 295/329/376 MB, against
+344/438/570 MB with Beam's stock transfers in the same run (benchmarks/RESULTS.md). What still grows is a
+shard's writer, which holds its shard's tokens: 64 shards instead of 8 at 800 MB gave 335 MB.
+
+All of these replace Beam internals. set_transfer_bytes() first checks that this Beam still has them as
+expected, and otherwise leaves Beam as it is, with a warning: results are the same either way, only the
+memory differs. The launching process still holds every byte between stages, as FnApiRunner keeps all
+intermediate data in its memory.
 """
 from __future__ import annotations
 
@@ -28,10 +35,10 @@ import threading
 
 LOG = logging.getLogger("pipeline.local_runner")
 
-# Size of the data messages that carry a stage's input from the runner to a worker (bytes). The stock
-# runner's sender flushes at 10 MB, and a grouped stage's input went out as one message per worker. With ~1 MB
-# messages the largest worker peaked at 389-399 instead of 448 MB for 200 MB of input, 512 instead of 889 MB
-# for 800 MB, in the same time; 0.125 MB messages gave the same peaks as 1 MB.
+# Size of the data messages between the runner and its local workers, both ways (bytes). Beam's streams
+# flush at 10 MB, and a grouped stage's input went out as one message per worker. With ~1 MB messages the
+# largest worker peaked at 329 instead of 438 MB for 200 MB of input, in the same time; 0.125 MB messages for
+# the runner's sends alone gave the same peaks as 1 MB.
 DEFAULT_TRANSFER_BYTES = 1 << 20
 TRANSFER_BYTES = DEFAULT_TRANSFER_BYTES  # in use; set by set_transfer_bytes
 

@@ -93,9 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     loc = p.add_argument_group("local runs (the FnApiRunner used without --runner)")
     loc.add_argument("--local-transfer-mb", type=float, default=DEFAULT_TRANSFER_BYTES / (1 << 20),
-                     help="send each stage's input to the local workers in data messages of about this many MB, "
-                     "so a worker never holds its whole share of a grouped stage; 0 = Beam's stock runner, which "
-                     "sends that share as one message (same results, more worker memory)")
+                     help="data messages between the local runner and its workers, both ways, of about this many "
+                     "MB, so a worker never holds its whole share of a grouped stage nor 10 MB output buffers; "
+                     "0 = Beam's stock runner and worker, which send that share as one message and outputs in "
+                     "10 MB messages (same results, more worker memory)")
 
     flt = p.add_argument_group("filters (Gopher, Rae et al. 2021, Table A1)")
     for f in fields(FilterConfig):
@@ -223,7 +224,7 @@ def load_given_tokenizer(path: str) -> dict:
 
 def pipeline_options(beam_args: list[str], transfer_bytes: int):
     """PipelineOptions from the pass-through flags, plus the runner instance to use (None = the named runner).
-    A local runner sends stage inputs to its workers in messages of about ``transfer_bytes`` (pipeline.local_runner).
+    A local runner and its workers exchange data in messages of about ``transfer_bytes`` (pipeline.local_runner).
 
     Without --runner (or with DirectRunner) this returns Beam's FnApiRunner: Beam's DirectRunner would
     first try the Prism runner, which downloads a binary. --direct_num_workers N > 1 implies

@@ -18,8 +18,8 @@ uses whole shares and 10 MB:
 - glibc malloc thresholds are fixed (_MALLOC_ENV), so big blocks go back to the system when freed.
 
 Largest worker's peak RSS, 2 workers, 8 train shards, 50/200/400 MB of input: 295/329/376 MB, against
-344/438/570 MB with Beam's stock transfers in the same run (benchmarks/RESULTS.md). What still grows is a
-shard's writer, which holds its shard's tokens: 64 shards instead of 8 at 800 MB gave 335 MB.
+344/438/570 MB with Beam's stock transfers in the same run (benchmarks/RESULTS.md). What still grows comes
+with the size of a shard, which reaches its writer as one group: 64 shards instead of 8 at 800 MB gave 335 MB.
 
 All of these replace Beam internals. set_transfer_bytes() first checks that this Beam still has them as
 expected, and otherwise leaves Beam as it is, with a warning: results are the same either way, only the

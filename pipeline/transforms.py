@@ -28,6 +28,7 @@ import gzip
 import hashlib
 import json
 import os
+import tempfile
 import threading
 import uuid
 from typing import BinaryIO, Iterator
@@ -677,9 +678,44 @@ class TokenizeAndAssign(beam.PTransform):
         return unique | "Encode" >> beam.ParDo(fn, beam.pvalue.AsSingleton(self.tokenizer))
 
 
-def _write_shard(output_dir: str, counts: dict[str, int], split: str, index: int, items: list, dtype) -> dict:
-    """Stream sorted (key, token bytes) pairs through ShardWriter to temporary names, then rename .bin, then
-    .idx into place (a present .idx marks a finished shard). Returns the shard's stats."""
+def in_key_order(batches: list) -> Iterator[bytes]:
+    """The token bytes of every document in a shard's packed batches (pack_token_batch), in (document_key,
+    dedup_key) order: the order that makes a shard the same whatever the number of workers.
+
+    Memory: the keys and lengths, which travel uncompressed, and one decompressed batch at a time, not the
+    shard's tokens. Each document's tokens are first written at their final offset in an anonymous temporary
+    file (the worker's local disk, one shard's tokens at most), batch by batch, then read back in order.
+    """
+    order = sorted((tuple(key), b, i) for b, (keys, _, _) in enumerate(batches) for i, key in enumerate(keys))
+    for a, c in zip(order, order[1:]):
+        assert a[0] != c[0], f"two kept documents share the sort key {a[0]}; dedup should have removed one"
+    offsets = [np.zeros(len(lengths), np.int64) for _, lengths, _ in batches]
+    sizes, end = [], 0
+    for _, b, i in order:
+        offsets[b][i] = end
+        n = batches[b][1][i]
+        sizes.append(n)
+        end += n
+    del order
+    with tempfile.TemporaryFile() as f:
+        fd = f.fileno()
+        for (_, lengths, blob), at in zip(batches, offsets):
+            data, start = memoryview(_zstd().decompressor.decompress(blob)), 0
+            for n, offset in zip(lengths, at.tolist()):
+                os.pwrite(fd, data[start:start + n], offset)
+                start += n
+        f.seek(0)
+        for n in sizes:
+            token_bytes = f.read(n)
+            if len(token_bytes) != n:
+                raise OSError(f"the shard's temporary file {f.name!r} returned {len(token_bytes)} of {n} bytes "
+                              "(is the local disk full? set TMPDIR to a larger one)")
+            yield token_bytes
+
+
+def _write_shard(output_dir: str, counts: dict[str, int], split: str, index: int, sequences, dtype) -> dict:
+    """Stream ``sequences`` (each document's token bytes, in shard order) through ShardWriter to temporary names,
+    then rename .bin, then .idx into place (a present .idx marks a finished shard). Returns the shard's stats."""
     rel = shard_path(split, index, counts[split])
     prefix = _join(output_dir, *rel.split("/"))
     tag = uuid.uuid4().hex  # a retried or speculative attempt never writes into another's temp file
@@ -688,7 +724,7 @@ def _write_shard(output_dir: str, counts: dict[str, int], split: str, index: int
         with FileSystems.create(tmp_bin, compression_type=CompressionTypes.UNCOMPRESSED) as fb, \
                 FileSystems.create(tmp_idx, compression_type=CompressionTypes.UNCOMPRESSED) as fi:
             writer = ShardWriter(fb, fi, dtype)
-            for _, token_bytes in items:
+            for token_bytes in sequences:
                 writer.add(np.frombuffer(token_bytes, dtype=dtype))
             stats = writer.close()
         FileSystems.rename([tmp_bin], [prefix + ".bin"])
@@ -701,18 +737,15 @@ def _write_shard(output_dir: str, counts: dict[str, int], split: str, index: int
 
 
 class _WriteShardFn(beam.DoFn):
-    """((split, shard), batches) -> shard stats: sorts the shard's (key, tokens) pairs and writes the shard."""
+    """((split, shard), batches) -> shard stats: writes the shard's documents in key order (in_key_order)."""
 
     def __init__(self, output_dir: str, counts: dict[str, int]):
         self.output_dir, self.counts = output_dir, counts
 
     def process(self, element, info):
         (split, index), batches = element
-        # Memory: the shard's token bytes (not its text) are held to sort them; the runner has grouped them.
-        items = sorted(item for batch in batches for item in unpack_token_batch(batch))
-        for a, b in zip(items, items[1:]):
-            assert a[0] != b[0], f"two kept documents share the sort key {a[0]}; dedup should have removed one"
-        yield _write_shard(self.output_dir, self.counts, split, index, items, dtype_for_vocab(info["vocab_size"]))
+        yield _write_shard(self.output_dir, self.counts, split, index, in_key_order(list(batches)),
+                           dtype_for_vocab(info["vocab_size"]))
 
 
 class _WriteEmptyShardFn(beam.DoFn):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
 import random
 import re
 import shutil
@@ -121,6 +122,30 @@ def test_packed_token_batches_round_trip():
     items = [(("id:a", "k1"), np.arange(500, dtype=np.uint16).tobytes()), (("sha256:b", "k2"), b""),
              (("id:c", "k3"), np.array([7, 7, 2], np.uint16).tobytes())]
     assert t.unpack_token_batch(t.pack_token_batch(items)) == items
+
+
+def test_in_key_order_gives_every_documents_tokens_sorted_by_key(tmp_path, monkeypatch):
+    """The shard writer's order, through the temporary file, equals sorting all (key, tokens) pairs in memory
+    (the order every worker count agrees on), with batches in any order and documents of any length."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", None)  # let TMPDIR take effect for this test
+    rng = random.Random(11)
+    batches, everything = [], []
+    for _ in range(7):
+        items = [((f"id:{rng.getrandbits(40):x}", f"k{rng.getrandbits(30)}"),
+                  np.array([rng.randrange(8000) for _ in range(rng.randrange(1, 300))], np.uint16).tobytes())
+                 for _ in range(rng.randrange(0, 60))]
+        everything += items
+        batches.append(t.pack_token_batch(items))
+    expected = [tokens for _, tokens in sorted(everything)]
+    assert list(t.in_key_order(batches)) == expected
+    assert list(t.in_key_order(batches[::-1])) == expected
+    assert list(t.in_key_order([])) == []
+    assert os.listdir(tmp_path) == []  # the temporary file is gone
+    duplicate = t.pack_token_batch(everything[:1])
+    with pytest.raises(AssertionError, match="share the sort key"):
+        list(t.in_key_order([duplicate, duplicate]))
 
 
 def test_rejected_line_is_utf8_even_with_surrogates():

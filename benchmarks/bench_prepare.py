@@ -207,7 +207,7 @@ def main(argv=None) -> None:
                         "or another by 20%% or more")
     parser.add_argument("--scale-shards", action="store_true",
                         help="8 train shards at the smallest size and proportionally more at larger ones (the same "
-                        "shard size everywhere; a shard's writer holds its shard's tokens), instead of 8 at every size")
+                        "shard size everywhere; a shard reaches its writer as one group), instead of 8 at every size")
     args = parser.parse_args(argv)
     os.makedirs(args.work, exist_ok=True)
     full = args.sizes_mb if args.one_worker_sizes is None else args.one_worker_sizes

@@ -83,11 +83,11 @@ def _chunked_grouping_buffer_class(base):
 
 
 def _write_in_pieces(data_out, byte_streams) -> None:
-    """Write ``byte_streams`` to ``data_out``, sending a message whenever TRANSFER_BYTES are buffered, then end it."""
+    """Write ``byte_streams`` to ``data_out``, sending a message whenever the stream holds more than its flush
+    size (TRANSFER_BYTES, see _small_message_stream_class), then end it."""
     for byte_stream in byte_streams or []:
         data_out.write(byte_stream)
-        if data_out.size() >= TRANSFER_BYTES:
-            data_out.flush()
+        data_out.maybe_flush()
     data_out.close()
 
 
@@ -105,7 +105,8 @@ def _send_or_fail_bundle(data_conn, data_out, byte_streams, process_bundle_id: s
 
 def _send_input_in_pieces(self, process_bundle_id: str, read_transform_id: str, byte_streams) -> None:
     """BundleManager._send_input_to_worker, sending a message whenever TRANSFER_BYTES are buffered (the stock
-    method leaves that to the stream, which flushes at 10 MB), from its own thread for a worker over gRPC.
+    method never asks its stream to flush, so a worker's share left as one message), from its own thread for
+    a worker over gRPC.
 
     FnApiRunner sends a bundle's whole input before it asks the worker to start the bundle and before it reads
     the bundle's outputs. That is safe for one message, which the send queue takes whatever its size; in
@@ -195,7 +196,8 @@ def set_transfer_bytes(transfer_bytes: int) -> bool:
             return False
         grouping, stream = execution.GroupingBuffer, data_plane.SizeBasedBufferingClosableOutputStream
         _STOCK.update(grouping=grouping, send=fn_runner.BundleManager._send_input_to_worker, stream=stream,
-                      flush=data_plane._DEFAULT_SIZE_FLUSH_THRESHOLD, chunked=_chunked_grouping_buffer_class(grouping), small=_small_message_stream_class(stream))
+                      flush=data_plane._DEFAULT_SIZE_FLUSH_THRESHOLD, chunked=_chunked_grouping_buffer_class(grouping),
+                      small=_small_message_stream_class(stream))
     if transfer_bytes:
         TRANSFER_BYTES = int(transfer_bytes)
         execution.GroupingBuffer = _STOCK["chunked"]

@@ -699,11 +699,9 @@ def in_key_order(batches: list) -> Iterator[bytes]:
     del order
     with tempfile.TemporaryFile() as f:
         fd = f.fileno()
-        for (_, lengths, blob), at in zip(batches, offsets):
-            data, start = memoryview(_zstd().decompressor.decompress(blob)), 0
-            for n, offset in zip(lengths, at.tolist()):
-                os.pwrite(fd, data[start:start + n], offset)
-                start += n
+        for batch, at in zip(batches, offsets):
+            for (_, token_bytes), offset in zip(unpack_token_batch(batch), at.tolist()):
+                os.pwrite(fd, token_bytes, offset)
         f.seek(0)
         for n in sizes:
             token_bytes = f.read(n)

@@ -45,8 +45,11 @@ def _decode(pieces):
 
 
 @pytest.fixture
-def small_transfers(monkeypatch):
-    monkeypatch.setattr(local_runner, "TRANSFER_BYTES", 4096)
+def small_transfers():
+    """4 KB messages in this process (the runner's pieces and every data stream's flush size)."""
+    assert local_runner.set_transfer_bytes(4096)
+    yield
+    assert local_runner.set_transfer_bytes(local_runner.DEFAULT_TRANSFER_BYTES)
 
 
 def _pairs(seed=0, groups=300):

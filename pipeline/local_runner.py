@@ -212,29 +212,117 @@ def set_transfer_bytes(transfer_bytes: int) -> bool:
     return bool(transfer_bytes)
 
 
+def _probe_worker_start() -> bool:
+    """Whether this Beam starts a multi_processing worker as _forked_sdk_worker_class expects:
+    SubprocessSdkWorkerHandler makes a local_job_service.SubprocessSdkWorker (looked up when it starts the
+    worker) from these four values, and that class starts the worker with these environment variables."""
+    from apache_beam.runners.portability import local_job_service
+    from apache_beam.runners.portability.fn_api_runner import worker_handlers
+
+    worker = getattr(local_job_service, "SubprocessSdkWorker", None)
+    handler = getattr(worker_handlers, "SubprocessSdkWorkerHandler", None)
+    if worker is None or handler is None or not hasattr(local_job_service, "BeamFnLoggingServicer"):
+        return False
+    consts = {c for const in worker.run.__code__.co_consts for c in (const if isinstance(const, tuple) else (const,))}
+    return bool(
+        "SubprocessSdkWorker" in handler.start_worker.__code__.co_names
+        and list(inspect.signature(worker.__init__).parameters)[1:] == ["worker_command_line", "control_address",
+                                                                       "provision_info", "worker_id"]
+        and {"_worker_command_line", "_control_address", "_provision_info", "_worker_id"}
+        <= set(worker.__init__.__code__.co_names)
+        and {"CONTROL_API_SERVICE_DESCRIPTOR", "LOGGING_API_SERVICE_DESCRIPTOR", "PIPELINE_OPTIONS", "WORKER_ID"}
+        <= consts)
+
+
+def _forked_sdk_worker_class(base, server, command: str):
+    """A subclass of Beam's SubprocessSdkWorker ``base`` that runs a worker started with ``command`` as a fork
+    of ``server`` (pipeline.local_worker.ForkServer) instead of a new interpreter, or as a new interpreter
+    (Beam's way) if the server has exited. As Beam's, it serves the worker's log messages to this process's
+    logging, waits for the worker to exit, and kills it if this thread ends first."""
+    import grpc
+    from google.protobuf import json_format, text_format
+
+    from apache_beam.portability.api import beam_fn_api_pb2_grpc, endpoints_pb2
+    from apache_beam.runners.portability import local_job_service
+    from apache_beam.utils import thread_pool_executor
+
+    def descriptor(url: str) -> str:
+        return text_format.MessageToString(endpoints_pb2.ApiServiceDescriptor(url=url))
+
+    class ForkedSdkWorker(base):
+        def run(self):
+            if self._worker_command_line != command:
+                return super().run()
+            # A worker sends keep-alive pings on its log stream while it is idle; allow them, as Beam does.
+            logs = grpc.server(thread_pool_executor.shared_unbounded_instance(),
+                               options=[("grpc.http2.max_pings_without_data", 0), ("grpc.http2.max_ping_strikes", 0)])
+            port = logs.add_insecure_port("localhost:0")
+            beam_fn_api_pb2_grpc.add_BeamFnLoggingServicer_to_server(local_job_service.BeamFnLoggingServicer(), logs)
+            logs.start()
+            environment = {
+                "CONTROL_API_SERVICE_DESCRIPTOR": descriptor(self._control_address),
+                "LOGGING_API_SERVICE_DESCRIPTOR": descriptor(f"localhost:{port}"),
+                "PIPELINE_OPTIONS": json_format.MessageToJson(self._provision_info.provision_info.pipeline_options),
+            }
+            if self._worker_id:
+                environment["WORKER_ID"] = self._worker_id
+            try:
+                pid = server.start(environment)
+            except OSError as e:
+                LOG.warning("%s; starting local worker %s as a new interpreter", e, self._worker_id)
+                logs.stop(0)
+                return super().run()
+            code = None
+            try:
+                code = server.wait(pid)
+                if code:
+                    raise RuntimeError(f"local worker {self._worker_id} (pid {pid}) exited with code {code}")
+                if code is None:
+                    raise RuntimeError(f"the local fork server exited before local worker {self._worker_id} "
+                                       f"(pid {pid}) did")
+            finally:
+                if code is None:
+                    server.kill(pid)
+                logs.stop(0)
+
+    return ForkedSdkWorker
+
+
 def _local_runner_class():
     """FnApiRunner, starting its multi_processing workers as pipeline.local_worker while the bounded transfers
-    are in use (set_transfer_bytes), so that their outputs leave in ~1 MB messages as well."""
+    are in use (set_transfer_bytes), so that their outputs leave in ~1 MB messages as well, and as forks of its
+    fork_server when it has one."""
     import sys
 
     from apache_beam.options.pipeline_options import DirectOptions
     from apache_beam.portability import python_urns
+    from apache_beam.runners.portability import local_job_service
     from apache_beam.runners.portability.fn_api_runner import fn_runner
 
     class LocalRunner(fn_runner.FnApiRunner):
+        fork_server = None  # a pipeline.local_worker.ForkServer, set by make_local_runner
+
         def run_via_runner_api(self, pipeline_proto, options):
             # run_pipeline has just put its worker command into the proto's environments: replace it.
+            replaced = 0
             if fn_runner.BundleManager._send_input_to_worker is _send_input_in_pieces:
                 stock = _STOCK_WORKER_COMMAND.format(python=sys.executable).encode()
                 ours = _WORKER_COMMAND.format(python=sys.executable, transfer_bytes=TRANSFER_BYTES).encode()
-                replaced = 0
                 for env in pipeline_proto.components.environments.values():
                     if env.urn == python_urns.SUBPROCESS_SDK and env.payload == stock:
                         env.payload, replaced = ours, replaced + 1
                 if not replaced and options.view_as(DirectOptions).direct_running_mode == "multi_processing":
                     LOG.warning("this Beam starts its local workers with another command than %r; they send "
                                 "10 MB messages (the results are the same)", stock.decode())
-            return super().run_via_runner_api(pipeline_proto, options)
+            server = self.fork_server
+            if not replaced or server is None or server.transfer_bytes != TRANSFER_BYTES:
+                return super().run_via_runner_api(pipeline_proto, options)
+            stock_worker = local_job_service.SubprocessSdkWorker
+            local_job_service.SubprocessSdkWorker = _forked_sdk_worker_class(stock_worker, server, ours.decode())
+            try:
+                return super().run_via_runner_api(pipeline_proto, options)
+            finally:
+                local_job_service.SubprocessSdkWorker = stock_worker
 
     return LocalRunner
 
@@ -255,7 +343,7 @@ _MALLOC_ENV = {  # environment variable -> (value, its mallopt() parameter numbe
 }
 
 
-def _bound_malloc() -> None:
+def bound_malloc() -> None:
     """Apply _MALLOC_ENV to the local worker processes (they inherit the environment) and, through mallopt,
     to this process, which runs the in-process worker and holds the runner's buffers. Values the user set in
     the environment win; on a C library without mallopt (macOS, musl) this only sets the environment."""
@@ -274,15 +362,22 @@ def _bound_malloc() -> None:
             pass
 
 
-def make_local_runner(options, transfer_bytes: int = DEFAULT_TRANSFER_BYTES):
+def make_local_runner(options, transfer_bytes: int = DEFAULT_TRANSFER_BYTES, fork_server=None):
     """Beam's FnApiRunner with the pipeline options provisioned to its workers (as DirectRunner does), sending
-    stage inputs to workers in messages of about ``transfer_bytes`` (0 = FnApiRunner's stock transfers)."""
+    stage inputs to workers in messages of about ``transfer_bytes`` (0 = FnApiRunner's stock transfers), and
+    forking its multi_processing workers from ``fork_server`` (pipeline.local_worker.ForkServer)."""
     from apache_beam.portability.api import beam_provision_api_pb2
     from apache_beam.runners.portability.fn_api_runner import fn_runner
     from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
-    _bound_malloc()
+    bound_malloc()
     set_transfer_bytes(transfer_bytes)
     encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
     info = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
-    return _local_runner_class()(provision_info=info)
+    runner = _local_runner_class()(provision_info=info)
+    if fork_server is not None and _probe_worker_start():
+        runner.fork_server = fork_server
+    elif fork_server is not None:
+        LOG.warning("this Beam starts its local workers differently from what pipeline.local_runner expects; "
+                    "each starts as a new interpreter (the results are the same)")
+    return runner

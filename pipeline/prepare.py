@@ -222,9 +222,10 @@ def load_given_tokenizer(path: str) -> dict:
         raise ValueError(f"--tokenizer {path} is not a SentencePiece model ({e})") from e
 
 
-def pipeline_options(beam_args: list[str], transfer_bytes: int):
+def pipeline_options(beam_args: list[str], transfer_bytes: int, fork_server=None):
     """PipelineOptions from the pass-through flags, plus the runner instance to use (None = the named runner).
-    A local runner and its workers exchange data in messages of about ``transfer_bytes`` (pipeline.local_runner).
+    A local runner and its workers exchange data in messages of about ``transfer_bytes`` (pipeline.local_runner);
+    its multi_processing workers are forked from ``fork_server`` (pipeline.local_worker.ForkServer).
 
     Without --runner (or with DirectRunner) this returns Beam's FnApiRunner: Beam's DirectRunner would
     first try the Prism runner, which downloads a binary. --direct_num_workers N > 1 implies
@@ -243,7 +244,7 @@ def pipeline_options(beam_args: list[str], transfer_bytes: int):
         return options, None
     from pipeline.local_runner import make_local_runner
 
-    return options, make_local_runner(options, transfer_bytes)
+    return options, make_local_runner(options, transfer_bytes, fork_server)
 
 
 def build_pipeline(p, args, cfg: FilterConfig, files: list[str], hf_rows: int, given_tokenizer: dict | None,
@@ -287,13 +288,28 @@ def build_pipeline(p, args, cfg: FilterConfig, files: list[str], hf_rows: int, g
 
 def run(argv: list[str] | None = None) -> dict:
     """Parse flags, check everything that can be checked up front, run the pipeline, return the manifest."""
-    import apache_beam as beam
+    from pipeline.local_worker import start_fork_server
 
     parser = build_parser()
     args, beam_args = parser.parse_known_args(argv)
     validate_args(args)
     cfg = filter_config(args)
-    options, runner = pipeline_options(beam_args, int(args.local_transfer_mb * (1 << 20)))
+    transfer_bytes = int(args.local_transfer_mb * (1 << 20))
+    # Before this process imports Beam, so that the fork server's import of it overlaps this one
+    # (pipeline.local_worker); it exits with the run.
+    fork_server = start_fork_server(beam_args, transfer_bytes)
+    try:
+        return _run(args, beam_args, cfg, transfer_bytes, fork_server)
+    finally:
+        if fork_server is not None:
+            fork_server.close()
+
+
+def _run(args: argparse.Namespace, beam_args: list[str], cfg: FilterConfig, transfer_bytes: int,
+         fork_server) -> dict:
+    import apache_beam as beam
+
+    options, runner = pipeline_options(beam_args, transfer_bytes, fork_server)
 
     files = resolve_inputs(args.input)
     given = load_given_tokenizer(args.tokenizer) if args.tokenizer else None

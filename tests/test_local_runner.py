@@ -155,12 +155,19 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.worker import data_plane
 from pipeline.local_runner import make_local_runner
+from pipeline.local_worker import ForkServer
 
 # The runner's send queues hold 64 KB instead of 100 MB: a worker's share of the grouping below (~20 MB) in
 # 1 KB messages overflows them, and gRPC's buffers, many times. Sent before the bundle starts, as FnApiRunner
 # does, it hangs.
 data_plane._DEFAULT_SEND_QUEUE_MAX_BYTES = 1 << 16
 options = PipelineOptions(["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"])
+transfer_bytes, start = int(sys.argv[1]), sys.argv[2]
+server = ForkServer(transfer_bytes) if start != "interpreter" else None
+if start == "dead-server":  # its workers start as new interpreters instead
+    server._process.kill()
+    server._process.wait()
+print("SERVER " + json.dumps(server and server._process.pid), flush=True)
 
 def values(seed):  # 200 keys x 100 values x 2 KB = 40 MB, made in the workers
     for i in range(seed, 20000, 8):
@@ -169,19 +176,22 @@ def values(seed):  # 200 keys x 100 values x 2 KB = 40 MB, made in the workers
 def seen_by_worker(kv):
     from apache_beam.runners.worker import data_plane as worker_plane
     digest = hashlib.sha256("".join(sorted(kv[1])).encode()).hexdigest()
-    return os.getpid(), worker_plane._DEFAULT_SIZE_FLUSH_THRESHOLD, kv[0], len(kv[1]), digest
+    return os.getpid(), worker_plane._DEFAULT_SIZE_FLUSH_THRESHOLD, kv[0], len(kv[1]), digest, os.getppid()
 
-with beam.Pipeline(runner=make_local_runner(options, int(sys.argv[1])), options=options) as p:
+with beam.Pipeline(runner=make_local_runner(options, transfer_bytes, server), options=options) as p:
     (p | beam.Create(range(8)) | beam.FlatMap(values) | beam.GroupByKey() | beam.Map(seen_by_worker)
        | beam.combiners.ToList() | beam.Map(lambda rows: print("RESULT " + json.dumps(rows), flush=True)))
+if server:
+    server.close()
 '''
 
 
-@pytest.mark.parametrize("transfer_bytes", [1024, 0])
-def test_two_workers_finish_a_grouping_far_larger_than_the_send_queues(tmp_path, transfer_bytes):
-    """Real worker processes. With 1 KB messages each worker runs pipeline.local_worker (it reports Beam's flush
-    size as 1024 from inside the worker), and the run finishes although the runner's send queues are far
-    smaller than a worker's share; with 0 the workers are Beam's own (10 MB). Same groups either way."""
+@pytest.mark.parametrize("transfer_bytes,start", [(1024, "fork"), (1024, "dead-server"), (0, "interpreter")])
+def test_two_workers_finish_a_grouping_far_larger_than_the_send_queues(tmp_path, transfer_bytes, start):
+    """Real worker processes. With 1 KB messages each worker is pipeline.local_worker's (it reports Beam's flush
+    size as 1024 from inside the worker): a fork of the fork server, or, once the server has died, a new
+    interpreter started as Beam would. The run finishes although the runner's send queues are far smaller than
+    a worker's share. With 0 the workers are Beam's own (10 MB). Same groups every way."""
     import hashlib
     import json
     import os
@@ -193,7 +203,7 @@ def test_two_workers_finish_a_grouping_far_larger_than_the_send_queues(tmp_path,
     script.write_text(_TWO_WORKER_RUN)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, str(script), str(transfer_bytes)], cwd=root, env=env, text=True,
+    proc = subprocess.Popen([sys.executable, str(script), str(transfer_bytes), start], cwd=root, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=240)
@@ -202,8 +212,16 @@ def test_two_workers_finish_a_grouping_far_larger_than_the_send_queues(tmp_path,
         pytest.fail("the two-worker run hung (a deadlock between the runner's input sender and its workers)")
     assert proc.returncode == 0, out[-2000:] + err[-4000:]
     rows = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+    server = json.loads(next(line for line in out.splitlines() if line.startswith("SERVER "))[7:])
     expected = [(k, 100, hashlib.sha256("".join(("%05d" % i) * 400 for i in range(k, 20000, 200)).encode()).hexdigest())
                 for k in range(200)]
-    assert sorted((key, n, digest) for _, _, key, n, digest in rows) == expected
-    assert {flush for _, flush, _, _, _ in rows} == {transfer_bytes or 10 << 20}
+    assert sorted((key, n, digest) for _, _, key, n, digest, _ in rows) == expected
+    assert {flush for _, flush, _, _, _, _ in rows} == {transfer_bytes or 10 << 20}
+    parents = {row[5] for row in rows}
+    if start == "fork":
+        assert parents == {server}
+    else:  # started by Beam through a shell: `/bin/sh -c COMMAND`
+        assert server not in parents and proc.pid not in parents
+    if start == "dead-server":
+        assert "starting local worker" in err and "as a new interpreter" in err
     assert len({row[0] for row in rows}) == 2 and os.getpid() not in {row[0] for row in rows}

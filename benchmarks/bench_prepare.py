@@ -151,16 +151,18 @@ def raw_encode(model_path: str, texts: list[str], processes: int) -> tuple[float
 
 
 def run_prepare(files_glob: str, out: str, model_path: str, workers: int, extra: tuple[str, ...] = (),
-                train_shards: int = 8) -> dict:
-    """Run the prepare command; returns wall seconds, peak RSS (MB) of the launcher and of its worker processes."""
+                train_shards: int = 8, tree: str | None = None) -> dict:
+    """Run the prepare command of this checkout (or of the checkout at ``tree``); returns wall seconds, peak RSS
+    (MB) of the launcher and of its worker processes."""
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "pipeline.prepare", "--input", files_glob, "--output", out,
            "--tokenizer", model_path, "--train-shards", str(train_shards), "--val-shards", "1", *extra]
     if workers > 1:
         cmd += ["--direct_num_workers", str(workers), "--direct_running_mode", "multi_processing"]
+    root = tree or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, cwd=root, env=dict(os.environ, PYTHONPATH=root), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
     root = psutil.Process(proc.pid)
     peak_main, peak_worker, cpu_worker, cpu_main = 0, {}, {}, 0.0
     while proc.poll() is None:
@@ -205,6 +207,9 @@ def main(argv=None) -> None:
                         help="repeat raw encode and both pipeline runs this many times per size (interleaved) and "
                         "report the median and range of each ratio: other jobs on a shared machine slow one run "
                         "or another by 20%% or more")
+    parser.add_argument("--baseline-tree", default=None, metavar="DIR",
+                        help="another checkout of this project (e.g. `git worktree add DIR REV`): its 2-worker "
+                        "pipeline runs right after ours in every repetition, as a side-by-side reference for a change")
     parser.add_argument("--scale-shards", action="store_true",
                         help="8 train shards at the smallest size and proportionally more at larger ones (the same "
                         "shard size everywhere; a shard reaches its writer as one group), instead of 8 at every size")
@@ -254,6 +259,13 @@ def main(argv=None) -> None:
                       f"peak RSS launcher {res['rss_main_mb']:.0f} MB, worker {res['rss_worker_mb']:.0f} MB, "
                       f"CPU s launcher {res['launcher_cpu_s']} workers {res['worker_cpu_s']} | "
                       f"{res['summary']}", flush=True)
+            if args.baseline_tree:
+                base = run_prepare(glob_, os.path.join(args.work, f"out-{size}-baseline"), model_path, 2,
+                                   train_shards=shards, tree=os.path.abspath(args.baseline_tree))
+                row["base2"] = base
+                print(f"{size} MB pipeline, 2 workers, baseline tree: {base['seconds']:.1f} s, peak RSS launcher "
+                      f"{base['rss_main_mb']:.0f} MB, worker {base['rss_worker_mb']:.0f} MB, byte-identical shards: "
+                      f"{shard_sums(base) == shard_sums(row['pipe2'])}", flush=True)
             if rep == 0:  # the reference, once per size
                 stock = run_prepare(glob_, os.path.join(args.work, f"out-{size}-stock"), model_path, 2,
                                     ("--local-transfer-mb", "0"), train_shards=shards)
@@ -303,7 +315,12 @@ def repeat_summary(reps: list[dict]) -> str:
         "    largest worker peak RSS MB " + ", ".join(f"{r['pipe2']['rss_worker_mb']:.0f}" for r in reps)
         + "; launcher " + ", ".join(f"{r['pipe2']['rss_main_mb']:.0f}" for r in reps),
         "    1 vs 2 workers byte-identical in every repetition: " + str(all(r["identical"] for r in reps)),
-    ])
+    ] + ([
+        "    baseline tree, 2 workers / 1 worker (ours) " + ratios(lambda r: r["pipe1"]["seconds"] / r["base2"]["seconds"]),
+        "    baseline tree, 2 workers: wall s " + ", ".join(f"{r['base2']['seconds']:.1f}" for r in reps)
+        + " (ours " + ", ".join(f"{r['pipe2']['seconds']:.1f}" for r in reps) + "); largest worker peak RSS MB "
+        + ", ".join(f"{r['base2']['rss_worker_mb']:.0f}" for r in reps),
+    ] if all("base2" in r for r in reps) else []))
 
 
 def report_rows(row: dict) -> str:

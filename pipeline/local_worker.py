@@ -16,8 +16,8 @@ starts a ForkServer first thing, before it imports Beam itself:
     python -m pipeline.local_worker --fork-server TRANSFER_BYTES REPLY_FD
 
 imports those modules once, on an idle core, and then forks a worker for each request, which starts with
-nothing left to import. It never creates a thread, a gRPC channel or a server, which is what forking needs:
-a fork copies only the calling thread, and gRPC does not survive a fork of a process using it. The protocol,
+nothing left to import. It has one thread and has never created a gRPC channel or server, which is what
+forking needs: a fork copies only the calling thread, and gRPC does not survive a fork of a process using it. The protocol,
 one line each way: the launcher writes a worker's environment as JSON on the server's stdin; the server
 answers ``started PID`` and later ``exited PID CODE`` on REPLY_FD (its stdout and stderr stay the launcher's,
 for the workers' output). At the end of its stdin it exits, once its workers have.
@@ -41,6 +41,11 @@ FORK_SERVER_FLAG = "--fork-server"
 # What the fork server imports, so that a worker forked from it has nothing left to import: Beam's worker
 # (and with it Beam, grpc and protobuf), and the modules this project's DoFns unpickle into.
 PRELOAD = ("apache_beam.runners.worker.sdk_worker_main", "pipeline.local_runner", "pipeline.transforms")
+# Importing those starts two idle threads, which a fork would leave behind (both libraries cope with that, but
+# a process that forks is best left with one thread): numpy's OpenBLAS starts a thread pool, and pyarrow's
+# jemalloc a background purging thread. Without them the server is single-threaded; a worker, one per core,
+# has no use for a BLAS thread pool either. Values set in the environment win.
+_SERVER_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "JE_ARROW_MALLOC_CONF": "background_thread:false"}
 
 
 def run_worker(transfer_bytes: int, environment: dict[str, str]) -> None:
@@ -155,7 +160,7 @@ class ForkServer:
         try:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "pipeline.local_worker", FORK_SERVER_FLAG, str(transfer_bytes), str(reply_w)],
-                stdin=subprocess.PIPE, pass_fds=[reply_w])
+                stdin=subprocess.PIPE, pass_fds=[reply_w], env={**_SERVER_ENV, **os.environ})
         finally:
             os.close(reply_w)
         self._lock = threading.Lock()  # one request at a time, so the next "started" reply is its answer

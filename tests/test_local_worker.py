@@ -49,6 +49,7 @@ def test_workers_are_forks_of_the_server_and_their_exits_are_reported():
         running = server.start(UNREACHABLE)
         failing = server.start({})  # no control address at all: Beam's worker fails at once
         assert _parent(running) == server._process.pid  # a fork of the server, not a new interpreter
+        assert os.listdir(f"/proc/{server._process.pid}/task") == [str(server._process.pid)]  # one thread
         with open(f"/proc/{running}/cmdline", "rb") as f:
             assert b"--fork-server" in f.read()
         assert server.wait(failing) == 1

@@ -100,7 +100,7 @@ def serve(transfer_bytes: int, reply_fd: int) -> None:
                 line, pending = pending.split(b"\n", 1)
                 pid = os.fork()
                 if pid == 0:
-                    _forked_worker(transfer_bytes, json.loads(line), [wake_r, wake_w, reply_fd])
+                    _forked_worker(transfer_bytes, line, [wake_r, wake_w, reply_fd])
                 running.add(pid)
                 _reply(replies, f"started {pid}")
         while running:
@@ -118,9 +118,9 @@ def _reply(replies, line: str) -> None:
         os._exit(0)
 
 
-def _forked_worker(transfer_bytes: int, environment: dict[str, str], server_fds: list[int]) -> None:
-    """The child side of a fork in serve(): drop the server's signal handling and files, run the worker, and
-    exit with its outcome without returning into the server's loop."""
+def _forked_worker(transfer_bytes: int, request: bytes, server_fds: list[int]) -> None:
+    """The child side of a fork in serve(): drop the server's signal handling and files, run the worker with
+    the environment in ``request``, and exit with its outcome, never returning into the server's loop."""
     code = 1
     try:
         signal.set_wakeup_fd(-1)
@@ -131,7 +131,7 @@ def _forked_worker(transfer_bytes: int, environment: dict[str, str], server_fds:
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)  # requests are for the server only
         os.close(devnull)
-        run_worker(transfer_bytes, environment)
+        run_worker(transfer_bytes, json.loads(request))
         code = 0
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else int(e.code is not None)

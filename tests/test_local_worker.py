@@ -53,6 +53,11 @@ def test_workers_are_forks_of_the_server_and_their_exits_are_reported():
         with open(f"/proc/{running}/cmdline", "rb") as f:
             assert b"--fork-server" in f.read()
         assert server.wait(failing) == 1
+        server._process.stdin.write(b"not json\n")  # a request the worker cannot read fails that worker only
+        server._process.stdin.flush()
+        with server._lock:
+            garbled = server._started.get()
+        assert server.wait(garbled) == 1 and server._process.poll() is None
         server.kill(running)
         assert server.wait(running) == -signal.SIGKILL
         server.kill(running)  # seen to exit: not signalled again (its pid may be reused)

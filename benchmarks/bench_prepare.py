@@ -159,9 +159,9 @@ def run_prepare(files_glob: str, out: str, model_path: str, workers: int, extra:
            "--tokenizer", model_path, "--train-shards", str(train_shards), "--val-shards", "1", *extra]
     if workers > 1:
         cmd += ["--direct_num_workers", str(workers), "--direct_running_mode", "multi_processing"]
-    root = tree or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    repo = tree or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=root, env=dict(os.environ, PYTHONPATH=root), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, cwd=repo, env=dict(os.environ, PYTHONPATH=repo), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
     root = psutil.Process(proc.pid)
     peak_main, peak_worker, cpu_worker, cpu_main = 0, {}, {}, 0.0

@@ -45,6 +45,8 @@ LOG = logging.getLogger("pipeline.local_runner")
 # the runner's sends alone gave the same peaks as 1 MB.
 DEFAULT_TRANSFER_BYTES = 1 << 20
 TRANSFER_BYTES = DEFAULT_TRANSFER_BYTES  # in use; set by set_transfer_bytes
+# --runner values that mean this local runner (None: no --runner). Beam's DirectRunner would try Prism first.
+LOCAL_RUNNERS = (None, "DirectRunner", "SwitchingDirectRunner", "FnApiRunner")
 
 
 def _chunked_grouping_buffer_class(base):

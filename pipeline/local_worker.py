@@ -243,6 +243,8 @@ def start_fork_server(beam_args: list[str], transfer_bytes: int) -> ForkServer |
     otherwise, nothing breaks: a run that forks no worker leaves the server idle until close()."""
     import argparse
 
+    from pipeline.local_runner import LOCAL_RUNNERS
+
     if not hasattr(os, "fork"):
         return None
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
@@ -254,7 +256,7 @@ def start_fork_server(beam_args: list[str], transfer_bytes: int) -> ForkServer |
     except (argparse.ArgumentError, SystemExit):  # a malformed value: Beam's own parser reports it
         return None
     mode = flags.direct_running_mode or ("multi_processing" if flags.direct_num_workers != 1 else "in_memory")
-    local = flags.runner in (None, "DirectRunner", "SwitchingDirectRunner", "FnApiRunner")
+    local = flags.runner in LOCAL_RUNNERS
     if not (local and mode == "multi_processing" and transfer_bytes > 0):
         return None
     return ForkServer(transfer_bytes)

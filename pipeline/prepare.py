@@ -240,9 +240,10 @@ def pipeline_options(beam_args: list[str], transfer_bytes: int, fork_server=None
         args.append("--direct_running_mode=multi_processing")
         options = PipelineOptions(args)
     runner = options.view_as(StandardOptions).runner
-    if runner not in (None, "DirectRunner", "SwitchingDirectRunner", "FnApiRunner"):
+    from pipeline.local_runner import LOCAL_RUNNERS, make_local_runner
+
+    if runner not in LOCAL_RUNNERS:
         return options, None
-    from pipeline.local_runner import make_local_runner
 
     return options, make_local_runner(options, transfer_bytes, fork_server)
 

@@ -132,18 +132,34 @@ def test_a_failed_send_fails_the_bundle_instead_of_ending_its_input():
     assert not [e for e in channel.inverse()._inputs if e.instruction_id == "bundle-9" and e.is_last]
 
 
-def test_streams_flush_at_transfer_bytes_and_zero_restores_beams_10_mb(small_transfers):
-    assert local_runner.set_transfer_bytes(4096)
-    try:
+@pytest.mark.parametrize("time_limit_ms", [0, "runner's"])
+def test_streams_flush_at_transfer_bytes_and_zero_restores_beams_10_mb(small_transfers, time_limit_ms):
+    """0: a worker's output streams. The runner's: the streams FnApiRunner's data server opens (its sends of a
+    grouped stage's input to a worker among them), which also flush on a timer and are another class."""
+    from apache_beam.runners.portability.fn_api_runner import worker_handlers
+
+    if time_limit_ms:
+        time_limit_ms = worker_handlers.DATA_BUFFER_TIME_LIMIT_MS
+        assert time_limit_ms >= 1000  # long enough that no timed flush happens during this test
+
+    def stream_sizes():
         sent = []
-        stream = data_plane.ClosableOutputStream.create(lambda data: None, lambda data: sent.append(len(data)), 0)
+        stream = data_plane.ClosableOutputStream.create(lambda data: None, lambda data: sent.append(len(data)),
+                                                        time_limit_ms)
         for _ in range(10):
             stream.write(b"y" * 1500)
             stream.maybe_flush()
-        assert sent == [4500, 4500, 4500]  # flushed once past 4096 bytes, where Beam's stream would wait for 10 MB
+        stream.close()
+        return sent
+
+    assert local_runner.set_transfer_bytes(4096)
+    try:
+        assert stream_sizes() == [4500, 4500, 4500]  # flushed once past 4096 bytes, where Beam waits for 10 MB
         assert data_plane._DEFAULT_SIZE_FLUSH_THRESHOLD == 4096  # and a worker coalesces messages up to that
         assert not local_runner.set_transfer_bytes(0)
+        assert stream_sizes() == []  # Beam's stock streams: all 15,000 bytes still buffered, sent only by close()
         assert data_plane.SizeBasedBufferingClosableOutputStream is local_runner._STOCK["stream"]
+        assert data_plane.TimeBasedBufferingClosableOutputStream is local_runner._STOCK["timed"]
         assert data_plane._DEFAULT_SIZE_FLUSH_THRESHOLD == 10 << 20
     finally:
         assert local_runner.set_transfer_bytes(local_runner.DEFAULT_TRANSFER_BYTES)

@@ -14,7 +14,11 @@ uses whole shares and 10 MB:
   10 MB, and copies each one three or four times on its way out (the stream, the Data message, the coalesced
   Elements message, its serialization): heaptrack on a worker of the 200 MB benchmark put 62 MB in protobuf
   arenas and 34 MB in output-stream buffers at its peak. multi_processing workers therefore run
-  pipeline.local_worker, which applies set_transfer_bytes in the worker before running Beam's sdk_worker_main.
+  pipeline.local_worker, which applies set_transfer_bytes (and bound_worker_queues) in the worker before running
+  Beam's sdk_worker_main. The runner's own streams are a second, time-based class, replaced as well.
+- In the worker, queues. Beam lets a worker's receive queue hold 5 messages of any size, and one shard's group
+  is one message (groups are never split), so a worker's whole share of the shards could wait there at once;
+  bound_worker_queues limits every data queue of a worker to WORKER_QUEUE_MESSAGES messages' worth of bytes.
 - glibc malloc thresholds are fixed (_MALLOC_ENV), so big blocks go back to the system when freed.
 
 And one that is about time, not memory: with a fork server (pipeline.local_worker.ForkServer, started by the
@@ -231,6 +235,29 @@ def set_transfer_bytes(transfer_bytes: int) -> bool:
         data_plane.TimeBasedBufferingClosableOutputStream = _STOCK["timed"]
         data_plane._DEFAULT_SIZE_FLUSH_THRESHOLD = _STOCK["flush"]
     return bool(transfer_bytes)
+
+
+# A worker's data queues, in messages of TRANSFER_BYTES: what it has received and not yet processed, and what it
+# has output and gRPC has not yet taken. Beam bounds the first at 5 messages whatever their size and the
+# others at 100 MB. A group is never split, so one shard's group (4.3 MB of compressed tokens at 200 MB of
+# corpus and 8 shards) is one message: 5 of them, a worker's whole share of the shards, waited in its queue.
+WORKER_QUEUE_MESSAGES = 4
+
+
+def bound_worker_queues(transfer_bytes: int) -> bool:
+    """In a worker process, before its data channel exists: hold at most WORKER_QUEUE_MESSAGES x
+    ``transfer_bytes`` in each of its data queues (a single larger message still passes, alone: Beam's queue
+    admits one element over the limit rather than block for ever). Returns whether the bound is in use; False
+    for 0 (Beam's stock transfers) or a Beam whose data plane differs."""
+    from apache_beam.runners.worker import data_plane
+
+    channel = getattr(data_plane, "_GrpcDataChannel", None)
+    limit = getattr(data_plane, "_DEFAULT_SEND_QUEUE_MAX_BYTES", None)
+    if not transfer_bytes or channel is None or not isinstance(limit, int) \
+            or "_DEFAULT_SEND_QUEUE_MAX_BYTES" not in channel.__init__.__code__.co_names:
+        return False
+    data_plane._DEFAULT_SEND_QUEUE_MAX_BYTES = WORKER_QUEUE_MESSAGES * int(transfer_bytes)
+    return True
 
 
 def _probe_worker_start() -> bool:

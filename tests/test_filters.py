@@ -413,3 +413,19 @@ def test_every_rule_over_a_huge_document_touches_each_character_a_bounded_number
             assert reject_reason(counted, unbounded) == reject_reason(text, unbounded)
             per_char.append(counted.touched / len(text))
         assert max(per_char) <= 8, (lines, per_char)
+
+
+def test_token_class_cache_is_bounded_and_starts_over_when_full():
+    """A worker classifies each distinct token once, but a corpus has millions of distinct tokens (hapaxes,
+    numbers): the cache must stay at _CLASS_CACHE_SIZE entries, and tokens over 64 characters never enter it."""
+    from pipeline import filters
+
+    classes = filters._TokenClasses()
+    tokens = [f"w{i}" for i in range(filters._CLASS_CACHE_SIZE + 10)]
+    codes = [classes[t] for t in tokens]
+    assert len(classes) == 10  # full at _CLASS_CACHE_SIZE, cleared, then the last 10 tokens
+    assert codes == [filters._TokenClasses()[t] for t in tokens]  # same codes as a fresh cache
+    long_token = "x" * 65
+    assert classes[long_token] == (65 << filters._LENGTH_SHIFT) | filters._WORD | filters._ALPHA
+    assert long_token not in classes
+    assert filters._CLASS_CACHE_SIZE <= 1 << 16  # ~6 MB; at 2^18 it was a worker's largest structure (24 MB)

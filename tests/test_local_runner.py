@@ -113,6 +113,26 @@ def test_make_local_runner_installs_bounded_transfers_and_zero_restores_the_stoc
         assert local_runner.set_transfer_bytes(1 << 20)
 
 
+def test_worker_queues_hold_a_few_messages_and_zero_leaves_beams_bounds(monkeypatch):
+    """bound_worker_queues runs in a worker before its data channel exists; the channel's queues then take
+    WORKER_QUEUE_MESSAGES messages' worth of bytes, where Beam's receive queue takes 5 messages of any size."""
+    monkeypatch.setattr(data_plane, "_DEFAULT_SEND_QUEUE_MAX_BYTES", data_plane._DEFAULT_SEND_QUEUE_MAX_BYTES)
+    assert not local_runner.bound_worker_queues(0)
+    assert data_plane._DEFAULT_SEND_QUEUE_MAX_BYTES == 100 << 20
+    assert local_runner.bound_worker_queues(1 << 20)
+    channel = data_plane._GrpcDataChannel()  # the base of the worker's GrpcClientDataChannel, without a connection
+    try:
+        limit = local_runner.WORKER_QUEUE_MESSAGES << 20
+        assert channel._received["bundle-1"].max_bytes == limit
+        assert channel._to_send.max_bytes == channel._pending_send.max_bytes == limit
+        # One message larger than the bound still passes (alone), so a big group cannot block its worker.
+        queue = channel._received["bundle-1"]
+        queue.put(b"g", limit + 1, timeout=1)
+        assert queue.get(timeout=1) == b"g"
+    finally:
+        channel.close()
+
+
 def test_a_failed_send_fails_the_bundle_instead_of_ending_its_input():
     """If writing a worker's input fails half-way, the worker must not see the end of its input (it would then
     finish the bundle on part of its data): the stream stays open and the error goes where the runner's read
@@ -192,7 +212,8 @@ def values(seed):  # 200 keys x 100 values x 2 KB = 40 MB, made in the workers
 def seen_by_worker(kv):
     from apache_beam.runners.worker import data_plane as worker_plane
     digest = hashlib.sha256("".join(sorted(kv[1])).encode()).hexdigest()
-    return os.getpid(), worker_plane._DEFAULT_SIZE_FLUSH_THRESHOLD, kv[0], len(kv[1]), digest, os.getppid()
+    flush = (worker_plane._DEFAULT_SIZE_FLUSH_THRESHOLD, worker_plane._DEFAULT_SEND_QUEUE_MAX_BYTES)
+    return os.getpid(), flush, kv[0], len(kv[1]), digest, os.getppid()
 
 with beam.Pipeline(runner=make_local_runner(options, transfer_bytes, server), options=options) as p:
     (p | beam.Create(range(8)) | beam.FlatMap(values) | beam.GroupByKey() | beam.Map(seen_by_worker)
@@ -206,8 +227,8 @@ if server:
 def test_two_workers_finish_a_grouping_far_larger_than_the_send_queues(tmp_path, transfer_bytes, start):
     """Real worker processes. With 1 KB messages each worker is pipeline.local_worker's (it reports Beam's flush
     size as 1024 from inside the worker): a fork of the fork server, or, once the server has died, a new
-    interpreter started as Beam would. The run finishes although the runner's send queues are far smaller than
-    a worker's share. With 0 the workers are Beam's own (10 MB). Same groups every way."""
+    interpreter started as Beam would. The run finishes although the runner's send queues and the workers'
+    queues (bound_worker_queues) are far smaller than a worker's share. With 0 the workers are Beam's own (10 MB). Same groups every way."""
     import hashlib
     import json
     import os
@@ -232,7 +253,9 @@ def test_two_workers_finish_a_grouping_far_larger_than_the_send_queues(tmp_path,
     expected = [(k, 100, hashlib.sha256("".join(("%05d" % i) * 400 for i in range(k, 20000, 200)).encode()).hexdigest())
                 for k in range(200)]
     assert sorted((key, n, digest) for _, _, key, n, digest, _ in rows) == expected
-    assert {flush for _, flush, _, _, _, _ in rows} == {transfer_bytes or 10 << 20}
+    # Messages and queues inside the workers: 1 KB messages and 4 KB queues, or Beam's 10 MB and 100 MB.
+    queue_bytes = local_runner.WORKER_QUEUE_MESSAGES * transfer_bytes or 100 << 20
+    assert {tuple(flush) for _, flush, _, _, _, _ in rows} == {(transfer_bytes or 10 << 20, queue_bytes)}
     parents = {row[5] for row in rows}
     if start == "fork":
         assert parents == {server}

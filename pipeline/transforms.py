@@ -678,30 +678,41 @@ class TokenizeAndAssign(beam.PTransform):
         return unique | "Encode" >> beam.ParDo(fn, beam.pvalue.AsSingleton(self.tokenizer))
 
 
-def in_key_order(batches: list) -> Iterator[bytes]:
+def in_key_order(batches) -> Iterator[bytes]:
     """The token bytes of every document in a shard's packed batches (pack_token_batch), in (document_key,
     dedup_key) order: the order that makes a shard the same whatever the number of workers.
 
-    Memory: the keys and lengths, which travel uncompressed, and one decompressed batch at a time, not the
-    shard's tokens. Each document's tokens are first written at their final offset in an anonymous temporary
-    file (the worker's local disk, one shard's tokens at most), batch by batch, then read back in order.
+    ``batches`` is iterated twice and never held: first for the keys and lengths (which travel uncompressed),
+    then for the compressed tokens, one batch at a time. Runners that page a large group's values from their
+    shuffle (Dataflow) then never put a shard's tokens in memory at once, and neither does this function: each
+    document's tokens are first written at their final offset in an anonymous temporary file (the worker's
+    local disk, one shard's tokens at most), batch by batch, then read back in order.
     """
-    order = sorted((tuple(key), b, i) for b, (keys, _, _) in enumerate(batches) for i, key in enumerate(keys))
+    lengths, order = [], []
+    for b, (keys, batch_lengths, _) in enumerate(batches):  # pass 1: keys and lengths only
+        lengths.append(list(batch_lengths))
+        order.extend((tuple(key), b, i) for i, key in enumerate(keys))
+    order.sort()
     for a, c in zip(order, order[1:]):
         assert a[0] != c[0], f"two kept documents share the sort key {a[0]}; dedup should have removed one"
-    offsets = [np.zeros(len(lengths), np.int64) for _, lengths, _ in batches]
+    offsets = [np.zeros(len(n), np.int64) for n in lengths]
     sizes, end = [], 0
     for _, b, i in order:
         offsets[b][i] = end
-        n = batches[b][1][i]
+        n = lengths[b][i]
         sizes.append(n)
         end += n
-    del order
+    del order, lengths
     with tempfile.TemporaryFile() as f:
         fd = f.fileno()
-        for batch, at in zip(batches, offsets):
+        seen = 0
+        for batch, at in zip(batches, offsets):  # pass 2: the tokens, one decompressed batch at a time
+            seen += 1
             for (_, token_bytes), offset in zip(unpack_token_batch(batch), at.tolist()):
                 os.pwrite(fd, token_bytes, offset)
+        if seen != len(offsets):
+            raise RuntimeError(f"a shard's batches gave {seen} batches on their second pass and {len(offsets)} on "
+                               "the first; in_key_order needs a re-iterable (a list, or a runner's grouped values)")
         f.seek(0)
         for n in sizes:
             token_bytes = f.read(n)
@@ -742,7 +753,7 @@ class _WriteShardFn(beam.DoFn):
 
     def process(self, element, info):
         (split, index), batches = element
-        yield _write_shard(self.output_dir, self.counts, split, index, in_key_order(list(batches)),
+        yield _write_shard(self.output_dir, self.counts, split, index, in_key_order(batches),
                            dtype_for_vocab(info["vocab_size"]))
 
 

@@ -148,6 +148,43 @@ def test_in_key_order_gives_every_documents_tokens_sorted_by_key(tmp_path, monke
         list(t.in_key_order([duplicate, duplicate]))
 
 
+def test_in_key_order_holds_one_batch_of_tokens_at_a_time():
+    """The writer iterates a shard's batches twice (keys, then tokens) instead of listing them, so a runner that
+    pages a big group's values (Dataflow) never has the shard's compressed tokens in memory at once: here the
+    tokens of a batch exist only while that batch is being read, and a one-shot iterator is refused."""
+    import gc
+
+    live, made = [0], [0]
+
+    class Blob(bytes):  # a compressed batch that counts how many of its kind are alive
+        def __del__(self):
+            live[0] -= 1
+
+    rng = random.Random(5)
+    items = [[((f"id:{rng.getrandbits(40):x}", "k"), np.arange(rng.randrange(1, 50), dtype=np.uint16).tobytes())
+              for _ in range(20)] for _ in range(6)]
+
+    class Paged:
+        """A re-iterable that makes each batch anew on every pass, as a runner's paged values do."""
+
+        def __iter__(self):
+            for batch in items:
+                keys, lengths, blob = t.pack_token_batch(batch)
+                blob = Blob(blob)
+                live[0] += 1
+                made[0] += 1
+                yield keys, lengths, blob
+                del blob
+                gc.collect()
+                assert live[0] <= 1  # the consumer holds at most the batch it was last given
+
+    expected = [tokens for _, tokens in sorted(x for batch in items for x in batch)]
+    assert list(t.in_key_order(Paged())) == expected
+    assert made[0] == 12  # two passes over the six batches
+    with pytest.raises(RuntimeError, match="re-iterable"):
+        list(t.in_key_order(iter([t.pack_token_batch(batch) for batch in items])))
+
+
 def test_rejected_line_is_utf8_even_with_surrogates():
     line = t.rejected_line(Rejection(id="a\udc80", source="f\udcff.txt", reason="invalid_utf8", text="x"))
     line.encode("utf-8")  # would raise on a lone surrogate

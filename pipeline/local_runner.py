@@ -25,9 +25,10 @@ And one that is about time, not memory: with a fork server (pipeline.local_worke
 launcher before it imports Beam), each worker is a fork of a process that has already imported Beam, instead
 of a new interpreter that starts importing it only when the first stage runs (_forked_sdk_worker_class).
 
-Largest worker's peak RSS, 2 workers, 8 train shards, 50/200/400 MB of input: 253/302/361 MB (forked), against
-338/436/558 MB with Beam's stock transfers in the same run (benchmarks/RESULTS.md). What still grows comes
-with the size of a shard, which reaches its writer as one group: 64 shards instead of 8 at 800 MB gave 335 MB.
+Largest worker's peak RSS, 2 workers, 8 train shards, 50/200/400 MB of input: 233/254/297 MB, against
+331/443/544 MB with Beam's stock transfers in the same run (benchmarks/RESULTS.md). What still grows comes
+with the size of a shard, which reaches its writer as one group: with 8/32/64 shards (the same shard size) the
+peaks are 231/254/259 MB.
 
 All of these replace Beam internals. set_transfer_bytes() and make_local_runner() first check that this Beam
 still has them as expected (_probe_beam, _probe_worker_start), and otherwise leave Beam as it is, with a

@@ -122,7 +122,7 @@ def _send_input_in_pieces(self, process_bundle_id: str, read_transform_id: str, 
 
     FnApiRunner sends a bundle's whole input before it asks the worker to start the bundle and before it reads
     the bundle's outputs. That is safe for one message, which the send queue takes whatever its size; in
-    pieces, the worker's receive queue fills (5 messages), then the runner's send queues (100 MB each), and
+    pieces, the worker's receive queue fills (a few messages), then the runner's send queues (100 MB each), and
     with a larger share the runner blocks here forever: a deadlock (reproduced with the send queues at 2 MB
     on 200 MB of input). Sent from a thread, the runner goes on at once to start the bundle and read its
     outputs while the input streams in, so neither side waits for the other and the worker's outputs no

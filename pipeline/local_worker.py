@@ -49,8 +49,9 @@ _SERVER_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "JE_ARROW_MA
 
 
 def run_worker(transfer_bytes: int, environment: dict[str, str]) -> None:
-    """Beam's worker, after set_transfer_bytes and bound_worker_queues; ``environment`` adds what FnApiRunner starts a worker with (its
-    control and logging addresses, the pipeline options, its id) when it is not in os.environ already."""
+    """Beam's worker, after set_transfer_bytes and bound_worker_queues; ``environment`` adds what FnApiRunner
+    starts a worker with (its control and logging addresses, the pipeline options, its id) when it is not in
+    os.environ already."""
     from apache_beam.runners.worker import sdk_worker_main
 
     from pipeline.local_runner import bound_worker_queues, set_transfer_bytes

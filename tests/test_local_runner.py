@@ -228,7 +228,8 @@ def test_two_workers_finish_a_grouping_far_larger_than_the_send_queues(tmp_path,
     """Real worker processes. With 1 KB messages each worker is pipeline.local_worker's (it reports Beam's flush
     size as 1024 from inside the worker): a fork of the fork server, or, once the server has died, a new
     interpreter started as Beam would. The run finishes although the runner's send queues and the workers'
-    queues (bound_worker_queues) are far smaller than a worker's share. With 0 the workers are Beam's own (10 MB). Same groups every way."""
+    queues (bound_worker_queues) are far smaller than a worker's share. With 0 the workers are Beam's own
+    (10 MB). Same groups every way."""
     import hashlib
     import json
     import os

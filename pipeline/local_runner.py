@@ -9,13 +9,15 @@ uses whole shares and 10 MB:
   (ChunkedGroupingBuffer), and each piece leaves as soon as it is written, from a thread
   (_send_input_in_pieces), while the runner starts the bundle and reads its outputs: FnApiRunner sends a
   bundle's whole input before it does either, which with pieces would deadlock once a share outgrows the
-  send queues. The groups, their assignment to workers and their order are those of the stock runner.
+  send queues. The groups, their assignment to workers and their order are those of the stock runner. The
+  runner's streams are time-based (TimeBasedBufferingClosableOutputStream), a second class whose 10 MB flush
+  size would gather the pieces again: it is replaced along with the size-based one.
 - Worker to runner. Beam's worker buffers each output stream up to 10 MB and coalesces queued messages up to
   10 MB, and copies each one three or four times on its way out (the stream, the Data message, the coalesced
   Elements message, its serialization): heaptrack on a worker of the 200 MB benchmark put 62 MB in protobuf
   arenas and 34 MB in output-stream buffers at its peak. multi_processing workers therefore run
   pipeline.local_worker, which applies set_transfer_bytes (and bound_worker_queues) in the worker before running
-  Beam's sdk_worker_main. The runner's own streams are a second, time-based class, replaced as well.
+  Beam's sdk_worker_main.
 - In the worker, queues. Beam lets a worker's receive queue hold 5 messages of any size, and one shard's group
   is one message (groups are never split), so a worker's whole share of the shards could wait there at once;
   bound_worker_queues limits every data queue of a worker to WORKER_QUEUE_MESSAGES messages' worth of bytes.

@@ -706,13 +706,17 @@ def in_key_order(batches) -> Iterator[bytes]:
     with tempfile.TemporaryFile() as f:
         fd = f.fileno()
         seen = 0
-        for batch, at in zip(batches, offsets):  # pass 2: the tokens, one decompressed batch at a time
-            seen += 1
-            for (_, token_bytes), offset in zip(unpack_token_batch(batch), at.tolist()):
+        for batch in batches:  # pass 2: the tokens, one decompressed batch at a time
+            if seen == len(offsets):  # more batches than the first pass gave: stop, and fail below
+                seen += 1
+                break
+            for (_, token_bytes), offset in zip(unpack_token_batch(batch), offsets[seen].tolist()):
                 os.pwrite(fd, token_bytes, offset)
+            seen += 1
         if seen != len(offsets):
-            raise RuntimeError(f"a shard's batches gave {seen} batches on their second pass and {len(offsets)} on "
-                               "the first; in_key_order needs a re-iterable (a list, or a runner's grouped values)")
+            raise RuntimeError(f"a shard's batches gave {len(offsets)} batches on their first pass and "
+                               f"{'more' if seen > len(offsets) else seen} on the second; in_key_order needs a "
+                               "re-iterable (a list, or a runner's grouped values)")
         f.seek(0)
         for n in sizes:
             token_bytes = f.read(n)

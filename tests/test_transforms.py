@@ -184,6 +184,18 @@ def test_in_key_order_holds_one_batch_of_tokens_at_a_time():
     with pytest.raises(RuntimeError, match="re-iterable"):
         list(t.in_key_order(iter([t.pack_token_batch(batch) for batch in items])))
 
+    class Growing:
+        """Gives one batch more on its second pass: those documents would have no place in the shard."""
+
+        passes = 0
+
+        def __iter__(self):
+            self.passes += 1
+            return iter([t.pack_token_batch(batch) for batch in items[:4 + self.passes]])
+
+    with pytest.raises(RuntimeError, match="5 batches on their first pass and more on the second"):
+        list(t.in_key_order(Growing()))
+
 
 def test_rejected_line_is_utf8_even_with_surrogates():
     line = t.rejected_line(Rejection(id="a\udc80", source="f\udcff.txt", reason="invalid_utf8", text="x"))

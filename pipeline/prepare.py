@@ -29,19 +29,17 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import sys
 import tempfile
 from dataclasses import asdict, fields
 
+from pipeline import layout
 from pipeline.filters import FilterConfig
 from pipeline.local_runner import DEFAULT_TRANSFER_BYTES
 from pipeline.manifest import MANIFEST_NAME, load_manifest
 
 LOG = logging.getLogger("pipeline.prepare")
 
-# Names this tool writes into the output directory; --overwrite removes exactly these.
-OUTPUT_ENTRIES = (MANIFEST_NAME, "tokenizer.model", "train", "val", "rejected", "_corpus")
 MIN_VOCAB_SIZE = 320  # 256 byte-fallback pieces + 3 specials + room for merges
 MAX_SHARDS = 99_999  # shard names have five digits
 
@@ -163,13 +161,13 @@ def resolve_inputs(globs: list[str]) -> list[str]:
 
 
 def check_output(output: str, overwrite: bool) -> None:
-    """Refuse a non-empty output directory unless --overwrite; refuse an unwritable one. Then clear ours."""
-    from apache_beam.io.filesystems import FileSystems
+    """Refuse a non-empty output directory unless --overwrite; refuse an unwritable one. Then clear ours.
 
-    if _is_remote(output):
-        existing = [m.path for m in FileSystems.match([output.rstrip("/") + "/**"])[0].metadata_list]
-        names = sorted({p[len(output.rstrip("/")) + 1:].split("/")[0] for p in existing})
-    else:
+    --overwrite removes exactly the files this tool writes (pipeline.layout) and then, on a local disk, its
+    emptied folders. Anything else in the directory, or in a folder this tool writes, is refused before a
+    single file is deleted: a file is never removed because its name merely resembles one of ours.
+    """
+    if not _is_remote(output):
         if os.path.exists(output) and not os.path.isdir(output):
             raise ValueError(f"--output {output} is a file; pass a directory")
         try:
@@ -178,27 +176,55 @@ def check_output(output: str, overwrite: bool) -> None:
                 pass
         except OSError as e:
             raise ValueError(f"--output {output} is not writable ({e}); pick a directory you can write to") from e
-        names = sorted(os.listdir(output))
-    if not names:
+    files, folders = _list_output(output)
+    if not files and not folders:
         return
     if not overwrite:
+        names = sorted({p.split("/")[0] for p in files + folders})
         done = "a finished run" if MANIFEST_NAME in names else "an unfinished run or other files"
         raise ValueError(f"--output {output} is not empty (holds {done}: {', '.join(names[:5])}); pass --overwrite to "
                          "replace this tool's outputs there, or choose a new directory")
-    foreign = [n for n in names if not n.startswith(OUTPUT_ENTRIES)]
-    if foreign:
-        raise ValueError(f"--output {output} holds files this tool did not write ({', '.join(foreign[:5])}); "
+    foreign = sorted([p for p in files if not layout.is_output(p)] + [d for d in folders if not layout.is_output_dir(d)])
+    top = [p for p in foreign if "/" not in p]
+    if top:
+        raise ValueError(f"--output {output} holds files or folders this tool did not write ({', '.join(top[:5])}); "
                          "--overwrite only replaces its own outputs: move them or choose a new directory")
+    if foreign:
+        raise ValueError(f"--output {output}: {', '.join(foreign[:5])} in a folder this tool writes is not one of its "
+                         "files, and --overwrite would empty that folder; move it out or choose a new directory")
     # The manifest goes first, so an interrupted clean-up never leaves a directory that looks finished.
-    ordered = sorted(names, key=lambda n: n != MANIFEST_NAME)
-    for name in ordered:
-        path = FileSystems.join(output, name)
-        if _is_remote(output):
-            FileSystems.delete([path + "/" if name in ("train", "val", "rejected", "_corpus") else path])
-        elif os.path.isdir(path):
-            shutil.rmtree(path)
-        else:
-            os.remove(path)
+    files.sort(key=lambda p: p != MANIFEST_NAME)
+    if _is_remote(output):
+        from apache_beam.io.filesystems import FileSystems
+
+        for batch in (files[:1], files[1:]):
+            if batch:
+                FileSystems.delete([FileSystems.join(output, *p.split("/")) for p in batch])
+        return
+    for p in files:
+        os.remove(os.path.join(output, *p.split("/")))
+    for d in sorted(folders, key=lambda d: -d.count("/")):  # deepest first: each is empty by its turn
+        os.rmdir(os.path.join(output, *d.split("/")))
+
+
+def _list_output(output: str) -> tuple[list[str], list[str]]:
+    """(files, folders) under ``output``, relative with "/" separators. A symbolic link counts as a file (it is
+    removed, never followed). On gs:// there are no folders, only files whose names hold "/"."""
+    if _is_remote(output):
+        from apache_beam.io.filesystems import FileSystems
+
+        base = output.rstrip("/") + "/"
+        matched = FileSystems.match([base + "**"])[0].metadata_list
+        return sorted(m.path[len(base):] for m in matched if not m.path.endswith("/")), []
+    files, folders = [], []
+    for directory, subdirs, names in os.walk(output):
+        rel = os.path.relpath(directory, output).replace(os.sep, "/")
+        prefix = "" if rel == "." else rel + "/"
+        links = [d for d in subdirs if os.path.islink(os.path.join(directory, d))]
+        subdirs[:] = [d for d in subdirs if d not in links]
+        files += [prefix + n for n in names + links]
+        folders += [prefix + d for d in subdirs]
+    return sorted(files), sorted(folders)
 
 
 def load_given_tokenizer(path: str) -> dict:
@@ -328,7 +354,7 @@ def _run(args: argparse.Namespace, beam_args: list[str], cfg: FilterConfig, tran
         from pipeline.builtin_corpus import write_builtin_corpus
 
         max_bytes = int(args.builtin_corpus_mb * 1e6) if args.builtin_corpus_mb else None
-        corpus = write_builtin_corpus(os.path.join(args.output, "_corpus"), max_bytes=max_bytes,
+        corpus = write_builtin_corpus(os.path.join(args.output, layout.CORPUS_DIR), max_bytes=max_bytes,
                                       include_site_packages=args.builtin_site_packages)
         files = sorted(set(files) | set(os.path.abspath(c) for c in corpus))
     if not files and not hf_rows:

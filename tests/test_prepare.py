@@ -8,6 +8,8 @@ import gzip
 import hashlib
 import json
 import os
+import re
+import shutil
 
 import pytest
 
@@ -16,7 +18,7 @@ pytest.importorskip("apache_beam")
 from conftest import PREPARE_OPTIONS, gopher_text, small_corpus, write_jsonl_file  # noqa: E402
 from pipeline import transforms as t  # noqa: E402
 from pipeline.manifest import load_manifest  # noqa: E402
-from pipeline.prepare import main, run  # noqa: E402
+from pipeline.prepare import check_output, main, run  # noqa: E402
 from pipeline.shards import ShardReader, sha256_file  # noqa: E402
 from pipeline.tokenizer import Tokenizer  # noqa: E402
 
@@ -145,3 +147,54 @@ def test_builtin_corpus(tmp_path):
     assert m["documents"]["read"] == m["documents"]["kept"] + sum(m["documents"]["rejected"].values())
     load_manifest(out, verify=True)
 
+
+
+def _with_crash_leftovers(out) -> None:
+    """What an interrupted run leaves besides finished outputs: temporary names and Beam's temporary folder."""
+    (out / "manifest.json.tmp-123-0a1b2c3d").write_text("{")
+    (out / "tokenizer.model.tmp-5f0e9c").write_bytes(b"x")
+    (out / "train" / "shard-00001-of-00003.bin.tmp-0123abcd").write_bytes(b"")
+    beam_temp = out / "rejected" / ("beam-temp-quality-" + "0f" * 16)
+    beam_temp.mkdir()
+    (beam_temp / "4ea1c9f2-3b9d-4f1e-9a53-0d5c0e2b7a11.jsonl.gz").write_bytes(b"")
+    (out / "_corpus").mkdir()
+    (out / "_corpus" / "builtin-00000.jsonl.gz").write_bytes(b"")
+
+
+def _tree(root) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def test_overwrite_clears_a_directory_of_our_outputs_only(prepared, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(prepared["out"], out)
+    _with_crash_leftovers(out)
+    check_output(str(out), overwrite=True)
+    assert os.listdir(out) == []
+
+
+@pytest.mark.parametrize("foreign, named", [
+    ("training_notes.md", "training_notes.md"), ("validation/notes.txt", "validation"), ("validation/", "validation"),
+    ("train_old/shard-00000-of-00003.bin", "train_old"), ("rejected_manual.txt", "rejected_manual.txt"),
+    ("manifest.json.orig", "manifest.json.orig"), ("train/notes.txt", "train/notes.txt"),
+    ("val/shard-00000-of-00001.bin.bak", "val/shard-00000-of-00001.bin.bak"),
+    ("rejected/mine.jsonl.gz", "rejected/mine.jsonl.gz"), ("_corpus/extra.jsonl", "_corpus/extra.jsonl"),
+    ("rejected/beam-temp-quality-0f/x", "rejected/beam-temp-quality-0f"),
+])
+def test_overwrite_refuses_names_it_did_not_write_and_deletes_nothing(prepared, tmp_path, foreign, named):
+    """A name that merely starts like one of ours (training_notes.md, validation/) is not ours: --overwrite refuses
+    the directory, naming it, before it deletes anything; so does a file in one of our folders that we did not
+    write there."""
+    out = tmp_path / "out"
+    shutil.copytree(prepared["out"], out)
+    _with_crash_leftovers(out)
+    path = out / foreign
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if foreign.endswith("/"):
+        path.mkdir()
+    else:
+        path.write_text("mine")
+    before = _tree(out)
+    with pytest.raises(ValueError, match=re.escape(named) + ".*(move|choose a new directory)"):
+        check_output(str(out), overwrite=True)
+    assert _tree(out) == before

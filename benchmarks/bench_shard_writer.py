@@ -19,7 +19,8 @@ import tracemalloc
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from pipeline.transforms import in_key_order, pack_token_batch, unpack_token_batch  # noqa: E402
+from pipeline.packing import pack_token_batch, unpack_token_batch  # noqa: E402
+from pipeline.write import in_key_order  # noqa: E402
 
 
 def make_batches(count: int) -> list:

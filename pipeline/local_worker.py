@@ -40,7 +40,9 @@ import threading
 FORK_SERVER_FLAG = "--fork-server"
 # What the fork server imports, so that a worker forked from it has nothing left to import: Beam's worker
 # (and with it Beam, grpc and protobuf), and the modules this project's DoFns unpickle into.
-PRELOAD = ("apache_beam.runners.worker.sdk_worker_main", "pipeline.local_runner", "pipeline.transforms")
+PRELOAD = ("apache_beam.runners.worker.sdk_worker_main", "pipeline.local_runner", "pipeline.read",
+           "pipeline.filter_stage", "pipeline.dedup", "pipeline.tokenizer_stage", "pipeline.write", "pipeline.rejected",
+           "pipeline.manifest_stage")
 # Importing those starts two idle threads, which a fork would leave behind (both libraries cope with that, but
 # a process that forks is best left with one thread): numpy's OpenBLAS starts a thread pool, and pyarrow's
 # jemalloc a background purging thread. Without them the server is single-threaded; a worker, one per core,

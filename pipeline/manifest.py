@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import os
 
+from pipeline.files import write_atomic
+
 MANIFEST_NAME = "manifest.json"
 
 _REQUIRED = {
@@ -93,10 +95,4 @@ def manifest_json(manifest: dict, where: str = MANIFEST_NAME) -> str:
 def write_manifest(data_dir: str, manifest: dict) -> None:
     """Write the manifest atomically on a local disk: a reader sees the old file or the new one, never half."""
     path = os.path.join(data_dir, MANIFEST_NAME)
-    text = manifest_json(manifest, path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, manifest_json(manifest, path))

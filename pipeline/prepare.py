@@ -1,14 +1,23 @@
 """Data preparation: raw text -> filtered, deduplicated, tokenized Megatron shards + manifest.json.
 
-One Apache Beam pipeline, stages in pipeline.transforms:
+One Apache Beam pipeline; build_pipeline wires these stages, in this order, each from its own module:
 
-    read -> parse -> Gopher filter -> exact dedup (global) -> tokenizer (trained on a hash sample, or given)
-         -> tokenize -> split/shard by hash of document_key -> per shard: sort, write .bin, then .idx
-    every dropped record -> DIR/rejected/*.jsonl.gz;  totals -> DIR/manifest.json (written last)
+    pipeline.read             ReadFiles / ReadHuggingFace   input files or dataset rows -> raw records
+    pipeline.filter_stage     ParseRecords                  raw record -> Document | Rejection (invalid_utf8, ...)
+                              GopherFilter                  Document -> kept | Rejection (too_few_words, ...)
+    pipeline.dedup            ExactDedup                    global GroupByKey on dedup_key; one document per key stays
+    pipeline.tokenizer_stage  TrainTokenizer / GivenTokenizer   hash sample -> DIR/tokenizer.model -> tokenizer info
+                              TokenizeAndAssign             Document -> token bytes, batched per (split, shard)
+                                                            (pipeline.split: a hash of the document_key)
+    pipeline.write            WriteShards                   per shard: sort by key, write .bin, then .idx
+    pipeline.rejected         WriteRejected, CountRejected  each dropping stage's Rejections -> DIR/rejected/
+    pipeline.manifest_stage   WriteManifest                 totals -> DIR/manifest.json (written last)
 
 The tokenizer is trained inside the same pipeline: the sample is a CombineGlobally over the deduplicated
 documents, the trained model is a singleton side input of the tokenize stage, so the runner finishes the
-sample before tokenizing and nothing is read or filtered twice.
+sample before tokenizing and nothing is read or filtered twice. Heavy objects (the tokenizer, a Hugging Face
+dataset) are built in ``setup()`` or once per worker, never pickled with a DoFn. Hashes use sha256, never
+Python's ``hash()``, so every worker and every run agrees. pipeline.layout names every file of DIR.
 
 Run it (local, two worker processes; Beam flags pass straight through):
 
@@ -231,7 +240,7 @@ def load_given_tokenizer(path: str) -> dict:
     """Read and check --tokenizer PATH up front; returns the tokenizer-info dict the pipeline passes around."""
     from apache_beam.io.filesystems import FileSystems
 
-    from pipeline.transforms import tokenizer_info
+    from pipeline.tokenizer_stage import tokenizer_info
 
     if not FileSystems.exists(path):
         raise FileNotFoundError(f"--tokenizer {path} does not exist; pass a SentencePiece .model file, or omit "
@@ -276,41 +285,47 @@ def pipeline_options(beam_args: list[str], transfer_bytes: int, fork_server=None
 
 def build_pipeline(p, args, cfg: FilterConfig, files: list[str], hf_rows: int, given_tokenizer: dict | None,
                    config: dict) -> None:
-    """Attach every stage to pipeline ``p`` (see the module docstring for the order)."""
+    """Attach every stage to pipeline ``p``, in the order of the module docstring."""
     import apache_beam as beam
 
-    from pipeline import transforms as t
+    from pipeline.dedup import ExactDedup
+    from pipeline.filter_stage import GopherFilter, ParseRecords
+    from pipeline.manifest_stage import WriteManifest
+    from pipeline.read import ReadFiles, ReadHuggingFace
+    from pipeline.rejected import CountRejected, WriteRejected
+    from pipeline.tokenizer_stage import GivenTokenizer, TokenizeAndAssign, TrainTokenizer
+    from pipeline.write import WriteShards
 
     out = args.output
     sources = []
     if files:
-        sources.append(p | "ReadFiles" >> t.ReadFiles(files, args.format, args.text_field, args.id_field))
+        sources.append(p | "ReadFiles" >> ReadFiles(files, args.format, args.text_field, args.id_field))
     if args.hf_dataset:
-        sources.append(p | "ReadHuggingFace" >> t.ReadHuggingFace(
+        sources.append(p | "ReadHuggingFace" >> ReadHuggingFace(
             args.hf_dataset, args.hf_split, hf_rows, args.text_field, args.id_field))
     records = tuple(sources) | "AllRecords" >> beam.Flatten()
 
-    docs, unparsable = records | "ParseRecords" >> t.ParseRecords(args.text_field, args.id_field)
-    kept, low_quality = docs | "GopherFilter" >> t.GopherFilter(cfg)
-    unique, duplicates = kept | "ExactDedup" >> t.ExactDedup()
+    docs, unparsable = records | "ParseRecords" >> ParseRecords(args.text_field, args.id_field)
+    kept, low_quality = docs | "GopherFilter" >> GopherFilter(cfg)
+    unique, duplicates = kept | "ExactDedup" >> ExactDedup()
     if given_tokenizer is not None:
-        tokenizer = p | "GivenTokenizer" >> t.GivenTokenizer(given_tokenizer, out)
+        tokenizer = p | "GivenTokenizer" >> GivenTokenizer(given_tokenizer, out)
     else:
-        tokenizer = unique | "TrainTokenizer" >> t.TrainTokenizer(
+        tokenizer = unique | "TrainTokenizer" >> TrainTokenizer(
             args.vocab_size, int(args.tokenizer_sample_mb * 1e6), out)
     val_shards = args.val_shards if args.val_fraction > 0 else 0
-    keyed = unique | "Tokenize" >> t.TokenizeAndAssign(tokenizer, args.val_fraction, args.train_shards, val_shards)
-    shard_stats = keyed | "WriteShards" >> t.WriteShards(tokenizer, out, args.train_shards, val_shards)
+    keyed = unique | "Tokenize" >> TokenizeAndAssign(tokenizer, args.val_fraction, args.train_shards, val_shards)
+    shard_stats = keyed | "WriteShards" >> WriteShards(tokenizer, out, args.train_shards, val_shards)
     # Each dropping stage writes and counts its own rejections (no Flatten first), so that work fuses into
     # the stage and the rejected text never passes through the runner; only file names and counts meet.
     files, counts = [], []
     for stage, rejected in (("parse", unparsable), ("quality", low_quality), ("dedup", duplicates)):
-        files.append(rejected | f"WriteRejected-{stage}" >> t.WriteRejected(out, stage, args.rejected_files))
-        counts.append(rejected | f"CountRejected-{stage}" >> t.CountRejected())
+        files.append(rejected | f"WriteRejected-{stage}" >> WriteRejected(out, stage, args.rejected_files))
+        counts.append(rejected | f"CountRejected-{stage}" >> CountRejected())
     rejected_files = files | "AllRejectedFiles" >> beam.Flatten()
     reason_counts = counts | "AllReasonCounts" >> beam.Flatten()
-    _ = p | "WriteManifest" >> t.WriteManifest(out, config, records, reason_counts, shard_stats, tokenizer,
-                                               rejected_files)
+    _ = p | "WriteManifest" >> WriteManifest(out, config, records, reason_counts, shard_stats, tokenizer,
+                                             rejected_files)
 
 
 def run(argv: list[str] | None = None) -> dict:
@@ -342,7 +357,7 @@ def _run(args: argparse.Namespace, beam_args: list[str], cfg: FilterConfig, tran
     given = load_given_tokenizer(args.tokenizer) if args.tokenizer else None
     hf_rows = 0
     if args.hf_dataset:
-        from pipeline.transforms import load_hf_dataset
+        from pipeline.read import load_hf_dataset
 
         ds = load_hf_dataset(args.hf_dataset, args.hf_split)
         if args.text_field not in ds.column_names:

@@ -33,6 +33,8 @@ from typing import BinaryIO, Iterable
 
 import numpy as np
 
+from pipeline.files import atomic_open
+
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1
 # Header: magic, version (Q), dtype code (B), sequence count (Q), document count (Q).
@@ -111,7 +113,8 @@ class ShardWriter:
 
     def add(self, tokens) -> None:
         """Append one document's sequence (token ids with EOS already appended)."""
-        assert not self._closed, "ShardWriter.add() after close()"
+        if self._closed:  # the index is written: a sequence added now would be in the .bin but not the .idx
+            raise RuntimeError("ShardWriter.add() after close(): the shard's index is already written")
         ids = np.asarray(tokens)
         if ids.ndim != 1:
             raise ValueError(f"a sequence must be 1-D token ids, got shape {ids.shape}")
@@ -128,7 +131,8 @@ class ShardWriter:
 
     def close(self) -> dict:
         """Write the index and return ``{"documents", "tokens", "sha256_bin", "sha256_idx"}``."""
-        assert not self._closed, "ShardWriter.close() called twice"
+        if self._closed:
+            raise RuntimeError("ShardWriter.close() called twice: the shard's index would be written twice")
         self._closed = True
         n = len(self._sizes)
         sizes = np.frombuffer(self._sizes, dtype=np.int32) if n else np.zeros(0, np.int32)
@@ -151,27 +155,15 @@ def write_shard(prefix: str, sequences: Iterable, vocab_size: int) -> dict:
     """Write ``prefix.bin`` and ``prefix.idx`` on the local file system, crash-safely.
 
     Both files are written under temporary names, fsynced, and renamed into place with the ``.idx``
-    last: a shard whose ``.idx`` exists is complete. Returns the writer's statistics.
+    last (pipeline.files): a shard whose ``.idx`` exists is complete. Returns the writer's statistics.
     """
-    bin_path, idx_path = prefix + ".bin", prefix + ".idx"
-    tmp_bin, tmp_idx = f"{bin_path}.tmp-{os.getpid()}", f"{idx_path}.tmp-{os.getpid()}"
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
-    try:
-        with open(tmp_bin, "wb") as fb, open(tmp_idx, "wb") as fi:
-            writer = ShardWriter(fb, fi, dtype_for_vocab(vocab_size))
-            for seq in sequences:
-                writer.add(seq)
-            stats = writer.close()
-            for f in (fb, fi):
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp_bin, bin_path)
-        os.replace(tmp_idx, idx_path)
-    finally:
-        for tmp in (tmp_bin, tmp_idx):
-            if os.path.exists(tmp):
-                os.remove(tmp)
-    return stats
+    # Entered .idx first, so that it is renamed last: the blocks end in the reverse order.
+    with atomic_open(prefix + ".idx") as fi, atomic_open(prefix + ".bin") as fb:
+        writer = ShardWriter(fb, fi, dtype_for_vocab(vocab_size))
+        for seq in sequences:
+            writer.add(seq)
+        return writer.close()
 
 
 class ShardReader:

@@ -29,11 +29,12 @@ from __future__ import annotations
 import io
 import os
 import re
-import tempfile
 from typing import Iterable, Iterator
 
 import numpy as np
 import sentencepiece as spm
+
+from pipeline.files import write_atomic
 
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
 # 3 special pieces + 256 byte-fallback pieces are always in the vocabulary; characters come on top.
@@ -137,18 +138,10 @@ def train_tokenizer_bytes(texts: Iterable[str], vocab_size: int, *, max_sentence
 
 def train_tokenizer(texts: Iterable[str], model_path: str, vocab_size: int, *, max_sentence_chars: int = 4096,
                     num_threads: int = 1) -> None:
-    """Train the BPE model on ``texts`` and write it to the local file ``model_path`` (temp name, then rename)."""
+    """Train the BPE model on ``texts`` and write it to the local file ``model_path`` all at once (pipeline.files)."""
     data = train_tokenizer_bytes(texts, vocab_size, max_sentence_chars=max_sentence_chars, num_threads=num_threads)
-    directory = os.path.dirname(os.path.abspath(model_path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tokenizer-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, model_path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    os.makedirs(os.path.dirname(os.path.abspath(model_path)), exist_ok=True)
+    write_atomic(model_path, data)
 
 
 # ---- a minimal protobuf walk, to switch off the dummy prefix in a model (protobuf's own module is not

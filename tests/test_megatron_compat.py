@@ -20,8 +20,8 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # "Transformer Engine and Apex are not installed": irrelevant to the reader
     indexed_dataset = pytest.importorskip("megatron.core.datasets.indexed_dataset")
 
-from pipeline import transforms as t  # noqa: E402
 from pipeline.shards import ShardReader, write_shard  # noqa: E402
+from pipeline.split import assign_shard  # noqa: E402
 from pipeline.tokenizer import Tokenizer  # noqa: E402
 
 
@@ -31,7 +31,7 @@ def test_megatron_reads_our_shards(prepared):
     total = 0
     for shard in manifest["shards"]:
         split, index = shard["split"], int(shard["path"].split("-")[1])
-        keys = sorted(k for k in kept if t.assign_shard(k, 0.15, 3, 1) == (split, index))
+        keys = sorted(k for k in kept if assign_shard(k, 0.15, 3, 1) == (split, index))
         ds = indexed_dataset.IndexedDataset(os.path.join(out, shard["path"]))
         assert len(ds) == len(keys) > 0, shard["path"]
         assert ds.index.dtype == np.uint16  # vocab 400 < 65500

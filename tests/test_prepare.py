@@ -15,11 +15,12 @@ import pytest
 
 pytest.importorskip("apache_beam")
 
-from conftest import PREPARE_OPTIONS, gopher_text, small_corpus, write_jsonl_file  # noqa: E402
-from pipeline import transforms as t  # noqa: E402
+from conftest import PREPARE_OPTIONS, gopher_text, write_jsonl_file  # noqa: E402
+from pipeline.counters import REASONS  # noqa: E402
 from pipeline.manifest import load_manifest  # noqa: E402
 from pipeline.prepare import check_output, main, run  # noqa: E402
 from pipeline.shards import ShardReader, sha256_file  # noqa: E402
+from pipeline.split import assign_shard  # noqa: E402
 from pipeline.tokenizer import Tokenizer  # noqa: E402
 
 
@@ -50,7 +51,7 @@ def check_shards_hold(out: str, manifest: dict, kept: dict[str, str], val_fracti
     for shard in manifest["shards"]:
         reader = ShardReader(os.path.join(out, shard["path"]))
         split, index = shard["split"], int(shard["path"].split("-")[1])
-        keys = sorted(k for k in kept if t.assign_shard(k, val_fraction, train_shards, val_shards) == (split, index))
+        keys = sorted(k for k in kept if assign_shard(k, val_fraction, train_shards, val_shards) == (split, index))
         assert len(reader) == shard["documents"] == len(keys), shard["path"]
         for i, key in enumerate(keys):
             assert reader[i].tolist() == tok.encode_document(kept[key]).tolist(), (shard["path"], key)
@@ -109,7 +110,7 @@ def test_given_tokenizer_mixed_formats_and_overwrite(prepared, tmp_path):
             "--input", str(tmp_path / "*.txt*"), "--output", out, "--tokenizer", given,
             "--text-field", "body", "--id-field", "key", "--val-fraction", "0", "--train-shards", "2"]
     m = run(argv)
-    assert m["documents"] == {"read": 6, "kept": 6, "rejected": {r: 0 for r in t.REASONS}}
+    assert m["documents"] == {"read": 6, "kept": 6, "rejected": {r: 0 for r in REASONS}}
     assert m["tokenizer"]["sha256"] == sha256_file(given) == sha256_file(os.path.join(out, "tokenizer.model"))
     assert m["tokenizer"]["trained"] is False
     assert m["tokens"]["val"] == 0 and [s["split"] for s in m["shards"]] == ["train", "train"]

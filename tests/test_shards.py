@@ -88,6 +88,28 @@ def test_int32_shards_and_streaming_writer(tmp_path):
     assert reader[0].tolist() == [150_000, 2] and reader[1].tolist() == []
 
 
+def test_a_closed_writer_refuses_more_even_under_python_O():
+    """After close() the index is written: a sequence added then would be in the .bin but not in the .idx. The
+    check is not an assert, so ``python -O`` keeps it."""
+    code = (
+        "import io; from pipeline.shards import ShardWriter\n"
+        "w = ShardWriter(io.BytesIO(), io.BytesIO(), 'uint16'); w.close()\n"
+        "for call in (lambda: w.add([5, 2]), w.close):\n"
+        "    try:\n        call()\n    except RuntimeError as e:\n        print('refused:', e)\n"
+    )
+    out = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert out.stdout.splitlines() == [
+        "refused: ShardWriter.add() after close(): the shard's index is already written",
+        "refused: ShardWriter.close() called twice: the shard's index would be written twice"]
+
+
+def test_writing_leaves_no_temporary_file_when_it_fails(tmp_path):
+    with pytest.raises(ValueError, match="does not fit uint16"):
+        write_shard(str(tmp_path / "s"), [[5, 2], [70_000]], vocab_size=32000)
+    assert os.listdir(tmp_path) == []
+
+
 def test_ids_that_do_not_fit_the_dtype_are_refused(tmp_path):
     with pytest.raises(ValueError, match="does not fit uint16"):
         write_shard(str(tmp_path / "s"), [[70_000]], vocab_size=32000)

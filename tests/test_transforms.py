@@ -1,4 +1,5 @@
-"""Tests of pipeline.transforms: pure helpers without a runner, composite transforms on Beam's FnApiRunner.
+"""Tests of the pipeline's Beam stages (pipeline.read, filter_stage, dedup, tokenizer_stage, write, rejected,
+manifest_stage) and their pure helpers: helpers without a runner, composite transforms on Beam's FnApiRunner.
 
     python -m pytest tests/test_transforms.py -q
 """
@@ -12,6 +13,7 @@ import random
 import re
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -20,11 +22,22 @@ beam = pytest.importorskip("apache_beam")
 from apache_beam.metrics.metric import MetricsFilter  # noqa: E402
 from apache_beam.testing.util import assert_that, equal_to  # noqa: E402
 
-from pipeline import filters, transforms as t  # noqa: E402
+from pipeline import filters  # noqa: E402
+from pipeline.counters import COUNTER_NAMESPACE  # noqa: E402
+from pipeline.dedup import ExactDedup  # noqa: E402
 from pipeline.documents import Document, Rejection, dedup_key, document_key  # noqa: E402
+from pipeline.filter_stage import GopherFilter, ParseRecords, _FilterFn, _ParseFn  # noqa: E402
 from pipeline.filters import FilterConfig  # noqa: E402
+from pipeline.layout import shard_path  # noqa: E402
+from pipeline.manifest_stage import build_manifest  # noqa: E402
+from pipeline.packing import pack_document, pack_token_batch, unpack_document, unpack_token_batch  # noqa: E402
+from pipeline.read import JSON_LINE, READ_ERROR, TEXT_FILE, VALUE, ReadFiles, input_format, iter_lines  # noqa: E402
+from pipeline.rejected import CountRejected, WriteRejected, _FormatRejectedFn, rejected_line  # noqa: E402
 from pipeline.shards import ShardReader  # noqa: E402
+from pipeline.split import assign_shard, hash_unit  # noqa: E402
 from pipeline.tokenizer import Tokenizer, train_tokenizer_bytes  # noqa: E402
+from pipeline.tokenizer_stage import BottomKByHashFn, TokenizeAndAssign, token_batch_bytes, tokenizer_info  # noqa: E402
+from pipeline.write import WriteShards, in_key_order  # noqa: E402
 
 # ------------------------------------------------------------------------------------------------------
 # Pure helpers
@@ -36,11 +49,11 @@ from pipeline.tokenizer import Tokenizer, train_tokenizer_bytes  # noqa: E402
     ("image.png", "text"), ("noext", "text"),
 ])
 def test_input_format_by_extension(path, expected):
-    assert t.input_format(path) == expected
+    assert input_format(path) == expected
 
 
 def test_input_format_forced():
-    assert t.input_format("a.txt", "jsonl") == "jsonl"
+    assert input_format("a.txt", "jsonl") == "jsonl"
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 7, 1 << 20])
@@ -49,36 +62,62 @@ def test_iter_lines_matches_split_at_any_chunk_size(chunk):
     lines = [bytes(rng.randrange(256) for _ in range(rng.randrange(0, 40))).replace(b"\n", b"") for _ in range(50)]
     lines.append(b"x" * 1000)  # longer than every small chunk
     data = b"\n".join(lines)  # no trailing newline: the last line must still come out
-    assert list(t.iter_lines(io.BytesIO(data), chunk)) == lines
-    assert list(t.iter_lines(io.BytesIO(data + b"\n"), chunk)) == lines  # no empty line after a trailing newline
+    assert list(iter_lines(io.BytesIO(data), chunk)) == lines
+    assert list(iter_lines(io.BytesIO(data + b"\n"), chunk)) == lines  # no empty line after a trailing newline
 
 
-def test_hash_unit_is_stable_and_salted():
-    assert t.hash_unit("id:a", "split") == t.hash_unit("id:a", "split")
-    assert t.hash_unit("id:a", "split") != t.hash_unit("id:a", "train-shard")
-    assert 0 <= t.hash_unit("id:a", "split") < 1
+# Values computed once and pinned: a shard's contents are a function of these numbers, so a change to the
+# hash (its salt format, encoding, byte order or bits) moves documents between shards of every existing run, and
+# no test comparing a run with itself would notice.
+HASH_UNITS = [
+    ("id:a", "split", 0.7982280556131918),
+    ("id:a", "train-shard", 0.9879750095065954),
+    ("id:a", "val-shard", 0.997674208276307),
+    ("sha256:00ff", "split", 0.11971173757492819),
+    ("id:Ünï", "tokenizer-sample", 0.2874147404489177),
+    ("", "split", 0.378086107689905),
+]
+SHARDS = [  # key, then assign_shard(key, 0.1, 8, 2), (key, 0.5, 1000, 3), (key, 0.0, 8, 0)
+    ("id:a", ("train", 7), ("train", 987), ("train", 7)),
+    ("id:b", ("train", 0), ("val", 1), ("train", 0)),
+    ("id:doc-17", ("train", 3), ("val", 2), ("train", 3)),
+    ("sha256:" + "ab" * 32, ("train", 2), ("val", 2), ("train", 2)),
+    ("id:Ünï", ("val", 0), ("val", 0), ("train", 4)),
+    ("id:\udc80", ("train", 6), ("train", 761), ("train", 6)),  # a lone surrogate, as a JSON id may hold
+]
+
+
+@pytest.mark.parametrize("key, salt, expected", HASH_UNITS)
+def test_hash_unit_is_pinned(key, salt, expected):
+    assert hash_unit(key, salt) == expected
+
+
+@pytest.mark.parametrize("key, small, large, no_val", SHARDS)
+def test_assign_shard_is_pinned(key, small, large, no_val):
+    assert assign_shard(key, 0.1, 8, 2) == small
+    assert assign_shard(key, 0.5, 1000, 3) == large
+    assert assign_shard(key, 0.0, 8, 0) == no_val
 
 
 def test_assign_shard_fractions_and_ranges():
     keys = [f"id:{i}" for i in range(4000)]
-    assigned = [t.assign_shard(k, 0.1, 8, 2) for k in keys]
+    assigned = [assign_shard(k, 0.1, 8, 2) for k in keys]
     val = sum(1 for split, _ in assigned if split == "val")
     assert 300 < val < 500  # ~10%
     train_idx = {i for split, i in assigned if split == "train"}
     val_idx = {i for split, i in assigned if split == "val"}
     assert train_idx == set(range(8)) and val_idx == {0, 1}
-    assert assigned == [t.assign_shard(k, 0.1, 8, 2) for k in keys]  # a pure function of the key
-    assert all(t.assign_shard(k, 0.0, 8, 0)[0] == "train" for k in keys)
+    assert all(assign_shard(k, 0.0, 8, 0)[0] == "train" for k in keys)
 
 
 def test_shard_path():
-    assert t.shard_path("train", 3, 8) == "train/shard-00003-of-00008"
+    assert shard_path("train", 3, 8) == "train/shard-00003-of-00008"
 
 
 def test_bottom_k_sample_does_not_depend_on_partitioning():
     rng = random.Random(0)
     items = [(rng.random(), "x" * rng.randrange(1, 50)) for _ in range(500)]
-    fn = t.BottomKByHashFn(budget_chars=2000)
+    fn = BottomKByHashFn(budget_chars=2000)
 
     def combine(parts):
         accs = []
@@ -101,27 +140,27 @@ def test_build_manifest_checks_read_equals_kept_plus_rejected():
                "sha256_bin": "a", "sha256_idx": "b"},
               {"split": "train", "path": "train/shard-00000-of-00001", "documents": 3, "tokens": 9,
                "sha256_bin": "c", "sha256_idx": "d"}]
-    m = t.build_manifest(6, {"empty": 2}, shards, info, {"k": 1})
+    m = build_manifest(6, {"empty": 2}, shards, info, {"k": 1})
     assert m["documents"]["kept"] == 4 and m["documents"]["rejected"]["empty"] == 2
     assert m["documents"]["rejected"]["exact_duplicate"] == 0  # every known reason is listed
     assert m["tokens"] == {"train": 9, "val": 5}
     assert [s["split"] for s in m["shards"]] == ["train", "val"]
-    with pytest.raises(AssertionError, match="lost or duplicated"):
-        t.build_manifest(7, {"empty": 2}, shards, info, {})
+    with pytest.raises(RuntimeError, match="lost or duplicated"):
+        build_manifest(7, {"empty": 2}, shards, info, {})
 
 
 def test_packed_documents_round_trip_smaller():
     docs = [Document(id="a", text="Ünïcode text, tabs\tand\nnew lines. " * 40, source="f.jsonl:1"),
             Document(id="f.txt", text="x", source="f.txt", derived_id=True)]
-    packed = [t.pack_document(d) for d in docs]
-    assert [t.unpack_document(p) for p in packed] == docs
+    packed = [pack_document(d) for d in docs]
+    assert [unpack_document(p) for p in packed] == docs
     assert len(packed[0][3]) < len(docs[0].text.encode("utf-8")) / 4  # repetitive text: zstd shrinks it
 
 
 def test_packed_token_batches_round_trip():
     items = [(("id:a", "k1"), np.arange(500, dtype=np.uint16).tobytes()), (("sha256:b", "k2"), b""),
              (("id:c", "k3"), np.array([7, 7, 2], np.uint16).tobytes())]
-    assert t.unpack_token_batch(t.pack_token_batch(items)) == items
+    assert unpack_token_batch(pack_token_batch(items)) == items
 
 
 def test_in_key_order_gives_every_documents_tokens_sorted_by_key(tmp_path, monkeypatch):
@@ -137,15 +176,15 @@ def test_in_key_order_gives_every_documents_tokens_sorted_by_key(tmp_path, monke
                   np.array([rng.randrange(8000) for _ in range(rng.randrange(1, 300))], np.uint16).tobytes())
                  for _ in range(rng.randrange(0, 60))]
         everything += items
-        batches.append(t.pack_token_batch(items))
+        batches.append(pack_token_batch(items))
     expected = [tokens for _, tokens in sorted(everything)]
-    assert list(t.in_key_order(batches)) == expected
-    assert list(t.in_key_order(batches[::-1])) == expected
-    assert list(t.in_key_order([])) == []
+    assert list(in_key_order(batches)) == expected
+    assert list(in_key_order(batches[::-1])) == expected
+    assert list(in_key_order([])) == []
     assert os.listdir(tmp_path) == []  # the temporary file is gone
-    duplicate = t.pack_token_batch(everything[:1])
-    with pytest.raises(AssertionError, match="share the sort key"):
-        list(t.in_key_order([duplicate, duplicate]))
+    duplicate = pack_token_batch(everything[:1])
+    with pytest.raises(RuntimeError, match="share the sort key"):
+        list(in_key_order([duplicate, duplicate]))
 
 
 def test_in_key_order_holds_one_batch_of_tokens_at_a_time():
@@ -169,7 +208,7 @@ def test_in_key_order_holds_one_batch_of_tokens_at_a_time():
 
         def __iter__(self):
             for batch in items:
-                keys, lengths, blob = t.pack_token_batch(batch)
+                keys, lengths, blob = pack_token_batch(batch)
                 blob = Blob(blob)
                 live[0] += 1
                 made[0] += 1
@@ -179,10 +218,10 @@ def test_in_key_order_holds_one_batch_of_tokens_at_a_time():
                 assert live[0] <= 1  # the consumer holds at most the batch it was last given
 
     expected = [tokens for _, tokens in sorted(x for batch in items for x in batch)]
-    assert list(t.in_key_order(Paged())) == expected
+    assert list(in_key_order(Paged())) == expected
     assert made[0] == 12  # two passes over the six batches
     with pytest.raises(RuntimeError, match="re-iterable"):
-        list(t.in_key_order(iter([t.pack_token_batch(batch) for batch in items])))
+        list(in_key_order(iter([pack_token_batch(batch) for batch in items])))
 
     class Growing:
         """Gives one batch more on its second pass: those documents would have no place in the shard."""
@@ -191,16 +230,48 @@ def test_in_key_order_holds_one_batch_of_tokens_at_a_time():
 
         def __iter__(self):
             self.passes += 1
-            return iter([t.pack_token_batch(batch) for batch in items[:4 + self.passes]])
+            return iter([pack_token_batch(batch) for batch in items[:4 + self.passes]])
 
     with pytest.raises(RuntimeError, match="5 batches on their first pass and more on the second"):
-        list(t.in_key_order(Growing()))
+        list(in_key_order(Growing()))
 
 
 def test_rejected_line_is_utf8_even_with_surrogates():
-    line = t.rejected_line(Rejection(id="a\udc80", source="f\udcff.txt", reason="invalid_utf8", text="x"))
+    line = rejected_line(Rejection(id="a\udc80", source="f\udcff.txt", reason="invalid_utf8", text="x"))
     line.encode("utf-8")  # would raise on a lone surrogate
     assert '"reason": "invalid_utf8"' in line
+
+
+def test_parse_refuses_an_unknown_raw_record_kind():
+    """A kind no read stage produces means the stages disagree: the run fails instead of filing the record as
+    unreadable (which would put the wrong reason in the manifest)."""
+    with pytest.raises(RuntimeError, match="unknown raw record kind 'csv'"):
+        list(_ParseFn("text", "id").process(("csv", "f.csv:1", b"a,b", None)))
+
+
+def test_invariants_that_guard_written_data_hold_under_python_O(tmp_path):
+    """These checks are not asserts: ``python -O`` (which strips asserts) still refuses to write a manifest whose
+    counts do not add up, a shard with two documents under one sort key, or an unknown raw record kind."""
+    code = """
+import sys
+from pipeline.filter_stage import _ParseFn
+from pipeline.manifest_stage import build_manifest
+from pipeline.packing import pack_token_batch
+from pipeline.write import in_key_order
+assert False, "asserts must be off here"
+"""
+    checks = {
+        "manifest": "build_manifest(7, {'empty': 2}, [], {'vocab_size': 400, 'eos_id': 2, 'sha256': '0', "
+                    "'trained': True, 'sample_chars': 1}, {})",
+        "sort key": "list(in_key_order([pack_token_batch([(('id:a', 'k'), b'ab')])] * 2))",
+        "kind": "list(_ParseFn('text', 'id').process(('csv', 'f', b'', None)))",
+    }
+    for name, call in checks.items():
+        script = code + f"try:\n    {call}\nexcept RuntimeError as e:\n    print('refused:', e)\n"
+        out = subprocess.run([sys.executable, "-O", "-c", script], capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+        assert out.returncode == 0, (name, out.stderr[-2000:])
+        assert out.stdout.startswith("refused:"), (name, out.stdout)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -225,39 +296,39 @@ def test_read_files_all_formats_and_a_binary_file(tmp_path, write_jsonl, make_te
     def summarize(rec):
         kind, source, payload, doc_id = rec
         name = source.rsplit("/", 1)[-1]
-        return kind, name, payload if kind != t.READ_ERROR else "error", doc_id
+        return kind, name, payload if kind != READ_ERROR else "error", doc_id
 
     with beam_pipeline() as p:
-        out = p | t.ReadFiles(paths) | beam.Map(summarize)
+        out = p | ReadFiles(paths) | beam.Map(summarize)
         assert_that(out, equal_to([
-            (t.JSON_LINE, "a.jsonl.gz:1", f'{{"id": "g1", "text": {json.dumps(a)}}}'.encode(), None),
-            (t.JSON_LINE, "b.jsonl.zst:1", f'{{"id": "z1", "text": {json.dumps(b)}}}'.encode(), None),
-            (t.JSON_LINE, "b.jsonl.zst:2", f'{{"id": "z2", "text": {json.dumps(a)}}}'.encode(), None),
-            (t.TEXT_FILE, "c.txt", b.encode(), None),
-            (t.TEXT_FILE, "c2.txt.zst", a.encode(), None),
-            (t.VALUE, "d.parquet:0", a, "p1"),
-            (t.VALUE, "d.parquet:1", b, "p2"),
-            (t.TEXT_FILE, "e.bin", bytes(range(256)) * 10, None),
-            (t.READ_ERROR, "broken.jsonl.gz", "error", None),
+            (JSON_LINE, "a.jsonl.gz:1", f'{{"id": "g1", "text": {json.dumps(a)}}}'.encode(), None),
+            (JSON_LINE, "b.jsonl.zst:1", f'{{"id": "z1", "text": {json.dumps(b)}}}'.encode(), None),
+            (JSON_LINE, "b.jsonl.zst:2", f'{{"id": "z2", "text": {json.dumps(a)}}}'.encode(), None),
+            (TEXT_FILE, "c.txt", b.encode(), None),
+            (TEXT_FILE, "c2.txt.zst", a.encode(), None),
+            (VALUE, "d.parquet:0", a, "p1"),
+            (VALUE, "d.parquet:1", b, "p2"),
+            (TEXT_FILE, "e.bin", bytes(range(256)) * 10, None),
+            (READ_ERROR, "broken.jsonl.gz", "error", None),
         ]))
 
 
 def test_parse_filter_dedup_stages(make_text, beam_pipeline):
     good, other = make_text(10), make_text(11)
     records = [
-        (t.JSON_LINE, "f:1", ('{"id": "b", "text": %s}' % json.dumps(good)).encode(), None),
-        (t.JSON_LINE, "f:2", ('{"id": "a", "text": %s}' % json.dumps(good.replace("\n\n", "\n \n"))).encode(), None),
-        (t.JSON_LINE, "f:3", ('{"id": "c", "text": %s}' % json.dumps(other)).encode(), None),
-        (t.JSON_LINE, "f:4", b"\xff\xfe not utf-8", None),
-        (t.JSON_LINE, "f:5", b'{"no_text": 1}', None),
-        (t.TEXT_FILE, "g.txt", b"   \n ", None),
-        (t.VALUE, "h:0", "too short to keep", "s"),
-        (t.READ_ERROR, "x.gz", "cannot read x.gz", None),
+        (JSON_LINE, "f:1", ('{"id": "b", "text": %s}' % json.dumps(good)).encode(), None),
+        (JSON_LINE, "f:2", ('{"id": "a", "text": %s}' % json.dumps(good.replace("\n\n", "\n \n"))).encode(), None),
+        (JSON_LINE, "f:3", ('{"id": "c", "text": %s}' % json.dumps(other)).encode(), None),
+        (JSON_LINE, "f:4", b"\xff\xfe not utf-8", None),
+        (JSON_LINE, "f:5", b'{"no_text": 1}', None),
+        (TEXT_FILE, "g.txt", b"   \n ", None),
+        (VALUE, "h:0", "too short to keep", "s"),
+        (READ_ERROR, "x.gz", "cannot read x.gz", None),
     ]
     with beam_pipeline() as p:
-        docs, bad = p | beam.Create(records) | t.ParseRecords()
-        kept, low = docs | t.GopherFilter(FilterConfig())
-        unique, dups = kept | t.ExactDedup()
+        docs, bad = p | beam.Create(records) | ParseRecords()
+        kept, low = docs | GopherFilter(FilterConfig())
+        unique, dups = kept | ExactDedup()
         rejected = (bad, low, dups) | beam.Flatten()
         assert_that(unique | beam.Map(lambda kv: (kv[0], kv[1].id)),
                     equal_to([(dedup_key(good), "a"), (dedup_key(other), "c")]), label="unique")
@@ -275,7 +346,7 @@ def test_gopher_filter_in_batches_keeps_and_rejects_each_document_once(make_text
     expected = {d.id: filters.reject_reason(d.text, FilterConfig()) for d in docs}
     assert set(expected.values()) == {None, "too_few_words"}
     with beam_pipeline() as p:
-        out = p | beam.Create(docs) | beam.ParDo(t._FilterFn(FilterConfig(), batch_chars)).with_outputs(
+        out = p | beam.Create(docs) | beam.ParDo(_FilterFn(FilterConfig(), batch_chars)).with_outputs(
             "rejected", main="kept")
         assert_that(out.kept | beam.Map(lambda d: d.id), equal_to([k for k, r in expected.items() if r is None]),
                     label="kept")
@@ -287,23 +358,23 @@ def test_gopher_filter_in_batches_keeps_and_rejects_each_document_once(make_text
 def test_tokenize_and_write_shards(tmp_path, make_text, beam_pipeline, batch_bytes):
     texts = {f"d{i:02d}": make_text(100 + i) for i in range(30)}
     model = train_tokenizer_bytes(list(texts.values()), 400)
-    info = t.tokenizer_info(model, trained=False)
+    info = tokenizer_info(model, trained=False)
     tok = Tokenizer.from_bytes(model)
     docs = [(dedup_key(x), Document(id=i, text=x, source=f"s:{i}")) for i, x in texts.items()]
     out = str(tmp_path)
     with beam_pipeline() as p:
         tokenizer = p | "Tok" >> beam.Create([info])
-        keyed = p | beam.Create(docs) | t.TokenizeAndAssign(tokenizer, 0.2, 3, 2, batch_bytes)
-        stats = keyed | t.WriteShards(tokenizer, out, 3, 2)
+        keyed = p | beam.Create(docs) | TokenizeAndAssign(tokenizer, 0.2, 3, 2, batch_bytes)
+        stats = keyed | WriteShards(tokenizer, out, 3, 2)
         assert_that(stats | beam.Map(lambda s: s["path"]), equal_to(
-            [t.shard_path("train", i, 3) for i in range(3)] + [t.shard_path("val", i, 2) for i in range(2)]))
+            [shard_path("train", i, 3) for i in range(3)] + [shard_path("val", i, 2) for i in range(2)]))
 
     seen = {}
     for split, count in (("train", 3), ("val", 2)):
         for i in range(count):
-            reader = ShardReader(str(tmp_path / t.shard_path(split, i, count)))
+            reader = ShardReader(str(tmp_path / shard_path(split, i, count)))
             expected = sorted((document_key(d), d.text) for _, d in docs
-                              if t.assign_shard(document_key(d), 0.2, 3, 2) == (split, i))
+                              if assign_shard(document_key(d), 0.2, 3, 2) == (split, i))
             assert len(reader) == len(expected)
             for j, (key, text) in enumerate(expected):  # sorted by document key inside the shard
                 assert reader[j].tolist() == tok.encode_document(text).tolist()
@@ -314,16 +385,16 @@ def test_tokenize_and_write_shards(tmp_path, make_text, beam_pipeline, batch_byt
 
 def test_open_token_batches_share_one_budget():
     """A tokenizing worker holds one open batch per shard: their sizes share OPEN_BATCHES_BYTES (16 MB)."""
-    assert t.token_batch_bytes(9) == 1 << 20  # the defaults (8 train + 1 val): 1 MB batches, 9 MB open at most
-    assert t.token_batch_bytes(65) == (16 << 20) // 65 and 65 * t.token_batch_bytes(65) <= 16 << 20
-    assert t.token_batch_bytes(100_000) == 16 << 10  # the floor keeps batches worth compressing
-    assert t.TokenizeAndAssign(None, 0.0, 64, 1).batch_bytes == t.token_batch_bytes(65)
+    assert token_batch_bytes(9) == 1 << 20  # the defaults (8 train + 1 val): 1 MB batches, 9 MB open at most
+    assert token_batch_bytes(65) == (16 << 20) // 65 and 65 * token_batch_bytes(65) <= 16 << 20
+    assert token_batch_bytes(100_000) == 16 << 10  # the floor keeps batches worth compressing
+    assert TokenizeAndAssign(None, 0.0, 64, 1).batch_bytes == token_batch_bytes(65)
 
 
 def test_rejected_records_are_formatted_in_blocks_of_whole_lines(beam_pipeline):
     rejections = [Rejection(id=str(i), source=f"s:{i}", reason="empty", text="line one\nline two") for i in range(10)]
     with beam_pipeline() as p:
-        blocks = p | beam.Create(rejections) | beam.ParDo(t._FormatRejectedFn(block_chars=200))
+        blocks = p | beam.Create(rejections) | beam.ParDo(_FormatRejectedFn(block_chars=200))
         lines = blocks | beam.FlatMap(lambda b: gzip.decompress(b).splitlines()) | beam.Map(lambda x: json.loads(x)["id"])
         assert_that(lines, equal_to([str(i) for i in range(10)]), label="lines")
         assert_that(blocks | beam.combiners.Count.Globally(), _more_than_one, label="several blocks")
@@ -334,17 +405,17 @@ def _more_than_one(counts):
 
 
 def test_write_shards_writes_empty_shards_too(tmp_path, make_text, beam_pipeline):
-    info = t.tokenizer_info(train_tokenizer_bytes([make_text(300)], 320), trained=False)
-    one = (("train", 2), t.pack_token_batch([(("id:a", "k"), np.array([5, 6, 2], np.uint16).tobytes())]))
+    info = tokenizer_info(train_tokenizer_bytes([make_text(300)], 320), trained=False)
+    one = (("train", 2), pack_token_batch([(("id:a", "k"), np.array([5, 6, 2], np.uint16).tobytes())]))
     with beam_pipeline() as p:
         tokenizer = p | "Tok" >> beam.Create([info])
-        stats = p | beam.Create([one]) | t.WriteShards(tokenizer, str(tmp_path), 4, 1)
+        stats = p | beam.Create([one]) | WriteShards(tokenizer, str(tmp_path), 4, 1)
         assert_that(stats | beam.Map(lambda s: (s["path"], s["documents"], s["tokens"])), equal_to(
-            [(t.shard_path("train", i, 4), int(i == 2), 3 * (i == 2)) for i in range(4)]
-            + [(t.shard_path("val", 0, 1), 0, 0)]))
+            [(shard_path("train", i, 4), int(i == 2), 3 * (i == 2)) for i in range(4)]
+            + [(shard_path("val", 0, 1), 0, 0)]))
     for i in range(4):
-        assert len(ShardReader(str(tmp_path / t.shard_path("train", i, 4)))) == int(i == 2)
-    assert len(ShardReader(str(tmp_path / t.shard_path("val", 0, 1)))) == 0
+        assert len(ShardReader(str(tmp_path / shard_path("train", i, 4)))) == int(i == 2)
+    assert len(ShardReader(str(tmp_path / shard_path("val", 0, 1)))) == 0
 
 
 @pytest.mark.parametrize("num_files", [2, 0])
@@ -353,15 +424,15 @@ def test_write_rejected_counts_and_gzip(tmp_path, beam_pipeline, num_files):
                   for i in range(10)]
     p = beam_pipeline()
     rejected = p | beam.Create(rejections)
-    files = rejected | t.WriteRejected(str(tmp_path), "quality", num_files)
+    files = rejected | WriteRejected(str(tmp_path), "quality", num_files)
     names = files | beam.Map(lambda f: f.rsplit("/", 1)[-1])
     if num_files:
         assert_that(names, equal_to(["quality-00000-of-00002.jsonl.gz", "quality-00001-of-00002.jsonl.gz"]))
-    assert_that(rejected | t.CountRejected(), equal_to([("empty", 5), ("nul_bytes", 5)]), label="counts")
+    assert_that(rejected | CountRejected(), equal_to([("empty", 5), ("nul_bytes", 5)]), label="counts")
     result = p.run()
     result.wait_until_finish()
     counters = {c.key.metric.name: c.committed
-                for c in result.metrics().query(MetricsFilter().with_namespace(t.COUNTER_NAMESPACE))["counters"]}
+                for c in result.metrics().query(MetricsFilter().with_namespace(COUNTER_NAMESPACE))["counters"]}
     assert counters == {"rejected_empty": 5, "rejected_nul_bytes": 5}  # one Beam counter per reason
     # With num_files 0 there is one file per bundle, as many as the runner made bundles, named after the stage.
     on_disk = sorted(f.name for f in (tmp_path / "rejected").iterdir())
@@ -386,7 +457,7 @@ def _assert_valid_gzip(paths):
 
 def test_write_rejected_with_nothing_rejected_still_writes_valid_gzip(tmp_path, beam_pipeline):
     with beam_pipeline() as p:
-        _ = p | beam.Create([]).with_output_types(Rejection) | t.WriteRejected(str(tmp_path), "dedup", 0)
+        _ = p | beam.Create([]).with_output_types(Rejection) | WriteRejected(str(tmp_path), "dedup", 0)
     files = sorted((tmp_path / "rejected").iterdir())
     _assert_valid_gzip(files)
     assert b"".join(gzip.decompress(f.read_bytes()) for f in files) == b""

@@ -1,0 +1,99 @@
+"""Parse and filter stages: raw records -> Documents -> kept Documents; every record dropped is a Rejection.
+
+The Beam glue of the pure rules in pipeline.documents (parsing: invalid_utf8, malformed_record, empty,
+nul_bytes; a READ_ERROR record becomes unreadable_file) and pipeline.filters (the Gopher quality and
+repetition rules). Each stage returns (passed, rejected): every input element becomes exactly one of the two,
+which is what lets the manifest check read == kept + rejected.
+"""
+from __future__ import annotations
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from pipeline import documents, filters
+from pipeline.bundles import in_global_window
+from pipeline.counters import COUNTER_NAMESPACE, UNREADABLE_FILE
+from pipeline.documents import Document, Rejection
+from pipeline.filters import FilterConfig
+from pipeline.read import JSON_LINE, RAW_KINDS, READ_ERROR, TEXT_FILE, VALUE
+
+
+class _ParseFn(beam.DoFn):
+    def __init__(self, text_field: str, id_field: str):
+        self.text_field, self.id_field = text_field, id_field
+        self.read = Metrics.counter(COUNTER_NAMESPACE, "read")
+
+    def process(self, record):
+        kind, source, payload, doc_id = record
+        self.read.inc()
+        if kind == JSON_LINE:
+            out = documents.parse_json_line(payload, source, self.text_field, self.id_field)
+        elif kind == TEXT_FILE:
+            out = documents.parse_text_file(payload, source)
+        elif kind == VALUE:
+            out = documents.parse_value(payload, doc_id, source)
+        elif kind == READ_ERROR:
+            out = Rejection(id=source, source=source, reason=UNREADABLE_FILE, text=payload)
+        else:  # a read stage and this one disagree: fail the run rather than drop or misfile records
+            raise RuntimeError(f"unknown raw record kind {kind!r} from the read stage (source {source!r}); "
+                               f"expected one of {RAW_KINDS}")
+        if isinstance(out, Rejection):
+            yield beam.pvalue.TaggedOutput("rejected", out)
+        else:
+            yield out
+
+
+class ParseRecords(beam.PTransform):
+    """raw records -> (Documents, Rejections). Every raw record becomes exactly one of the two."""
+
+    def __init__(self, text_field: str = "text", id_field: str = "id"):
+        super().__init__()
+        self.text_field, self.id_field = text_field, id_field
+
+    def expand(self, records):
+        out = records | "Parse" >> beam.ParDo(_ParseFn(self.text_field, self.id_field)).with_outputs(
+            "rejected", main="documents")
+        return out.documents, out.rejected
+
+
+class _FilterFn(beam.DoFn):
+    """Documents -> kept Documents | tagged Rejections, judged in batches of about ``batch_chars`` characters.
+
+    filters.reject_reasons runs the rules over a whole batch with numpy, which spreads numpy's per-call cost
+    over many documents (the reasons are those of one document at a time); a worker holds at most one open batch.
+    """
+
+    def __init__(self, cfg: FilterConfig, batch_chars: int = filters.BATCH_CHARS):
+        self.cfg, self.batch_chars = cfg, batch_chars
+
+    def start_bundle(self):
+        self._docs, self._chars = [], 0
+
+    def process(self, doc: Document):
+        self._docs.append(doc)
+        self._chars += len(doc.text)
+        if self._chars >= self.batch_chars:
+            yield from self._judge()
+
+    def finish_bundle(self):
+        yield from map(in_global_window, self._judge())
+
+    def _judge(self):
+        docs, self._docs, self._chars = self._docs, [], 0
+        for doc, reason in zip(docs, filters.reject_reasons([d.text for d in docs], self.cfg)):
+            if reason is None:
+                yield doc
+            else:
+                yield beam.pvalue.TaggedOutput("rejected", documents.rejection_for(doc, reason))
+
+
+class GopherFilter(beam.PTransform):
+    """Documents -> (kept Documents, Rejections named by the first failing Gopher rule)."""
+
+    def __init__(self, cfg: FilterConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def expand(self, docs):
+        out = docs | "Rules" >> beam.ParDo(_FilterFn(self.cfg)).with_outputs("rejected", main="kept")
+        return out.kept, out.rejected

@@ -1,0 +1,83 @@
+"""Manifest stage: the run's totals -> DIR/manifest.json, written last (its presence marks a finished run).
+
+pipeline.manifest is the file's contract and its reader (standard library only, for the trainer); this is the
+Beam stage that gathers what the manifest says from every other stage and checks, before writing, that every
+record read was either kept or rejected.
+"""
+from __future__ import annotations
+
+import os
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.counters import REASONS
+from pipeline.layout import REJECTED_DIR, SPLITS, TOKENIZER_NAME
+from pipeline.manifest import MANIFEST_NAME, manifest_json
+from pipeline.write import write_bytes
+
+
+def build_manifest(read: int, rejected: dict[str, int], shard_stats: list[dict], info: dict, config: dict,
+                   rejected_files: list[str] = ()) -> dict:
+    """The manifest.json content from the pipeline's totals (pure; the invariant read == kept + rejected is checked)."""
+    shards = sorted(shard_stats, key=lambda s: (SPLITS.index(s["split"]), s["path"]))
+    kept = sum(s["documents"] for s in shards)
+    counts = {reason: 0 for reason in REASONS}
+    counts.update(rejected)
+    if read != kept + sum(counts.values()):  # a run that lost or duplicated records must not look finished
+        raise RuntimeError(f"records read ({read}) != kept ({kept}) + rejected ({sum(counts.values())}): a stage "
+                           "lost or duplicated records; the manifest was not written")
+    return {
+        "documents": {"read": read, "kept": kept, "rejected": counts},
+        "tokens": {split: sum(s["tokens"] for s in shards if s["split"] == split) for split in SPLITS},
+        "tokenizer": {
+            "path": TOKENIZER_NAME,
+            "vocab_size": info["vocab_size"],
+            "eos_id": info["eos_id"],
+            "sha256": info["sha256"],
+            "trained": info["trained"],
+            "sample_chars": info["sample_chars"],
+        },
+        "shards": shards,
+        "rejected_files": [f"{REJECTED_DIR}/{os.path.basename(p)}" for p in sorted(rejected_files)],
+        "config": config,
+    }
+
+
+class _WriteManifestFn(beam.DoFn):
+    def __init__(self, output_dir: str, config: dict):
+        self.output_dir, self.config = output_dir, config
+
+    def process(self, _, read, rejected, shard_stats, info, rejected_files):
+        manifest = build_manifest(read, dict(rejected), list(shard_stats), info, self.config, list(rejected_files))
+        path = FileSystems.join(self.output_dir, MANIFEST_NAME)
+        write_bytes(path, manifest_json(manifest, path).encode("utf-8"))
+        yield manifest
+
+
+class WriteManifest(beam.PTransform):
+    """PBegin -> [manifest]: runs after every shard, the tokenizer and the rejected files are in place.
+
+    ``reason_counts`` are (reason, count) pairs (CountRejected of each dropping stage, flattened: a reason may
+    appear more than once); ``rejected_files`` the names returned by every WriteRejected.
+    """
+
+    def __init__(self, output_dir: str, config: dict, records, reason_counts, shard_stats, tokenizer, rejected_files):
+        super().__init__()
+        self.output_dir, self.config = output_dir, config
+        self.records, self.reason_counts, self.shard_stats = records, reason_counts, shard_stats
+        self.tokenizer, self.rejected_files = tokenizer, rejected_files
+
+    def expand(self, pbegin):
+        read = self.records | "CountRead" >> beam.combiners.Count.Globally()
+        per_reason = self.reason_counts | "SumPerReason" >> beam.CombinePerKey(sum)
+        AsList, AsDict, AsSingleton = beam.pvalue.AsList, beam.pvalue.AsDict, beam.pvalue.AsSingleton
+        return (
+            pbegin
+            | "Once" >> beam.Create([None])
+            | "Write" >> beam.ParDo(
+                _WriteManifestFn(self.output_dir, self.config),
+                AsSingleton(read), AsDict(per_reason), AsList(self.shard_stats), AsSingleton(self.tokenizer),
+                AsList(self.rejected_files),
+            )
+        )

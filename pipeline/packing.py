@@ -1,0 +1,51 @@
+"""How documents and tokens cross a shuffle: compressed with zstd (level 1), in one frame per element.
+
+Every kept document crosses the dedup shuffle and every token the shard shuffle, so their size is what the
+runner holds (the local runner keeps a grouped stage's input in memory and streams each worker its share,
+see pipeline.local_runner) and what a Dataflow shuffle bills. Level 1 because each element is compressed
+once and decompressed once: a higher level costs more CPU than the bytes it saves. Token ids compress much
+better in one frame per batch of documents than one per document (the frame gets to see the repeats).
+"""
+from __future__ import annotations
+
+import threading
+
+import zstandard
+
+from pipeline.documents import Document
+
+_ZSTD = threading.local()  # zstandard contexts are not thread-safe, and a worker runs bundles in threads
+
+
+def _zstd():
+    if not hasattr(_ZSTD, "compressor"):
+        _ZSTD.compressor, _ZSTD.decompressor = zstandard.ZstdCompressor(level=1), zstandard.ZstdDecompressor()
+    return _ZSTD
+
+
+def pack_document(doc: Document) -> tuple[str, str, bool, bytes]:
+    """A Document as it crosses the dedup shuffle: (id, source, derived_id, zstd frame of its UTF-8 text)."""
+    return doc.id, doc.source, doc.derived_id, _zstd().compressor.compress(doc.text.encode("utf-8"))
+
+
+def unpack_document(packed: tuple[str, str, bool, bytes]) -> Document:
+    doc_id, source, derived_id, text = packed
+    return Document(id=doc_id, text=_zstd().decompressor.decompress(text).decode("utf-8"), source=source,
+                    derived_id=derived_id)
+
+
+def pack_token_batch(items: list[tuple[tuple[str, str], bytes]]) -> tuple[list, list[int], bytes]:
+    """A batch of ((document_key, dedup_key), token bytes) as it crosses the shard shuffle: the keys, the byte
+    length of each document's tokens (both uncompressed, so the shard writer can order a shard without its
+    tokens), and all tokens in one zstd frame."""
+    blob = _zstd().compressor.compress(b"".join(b for _, b in items))
+    return [k for k, _ in items], [len(b) for _, b in items], blob
+
+
+def unpack_token_batch(packed: tuple[list, list[int], bytes]) -> list[tuple[tuple[str, str], bytes]]:
+    keys, lengths, blob = packed
+    data, items, start = _zstd().decompressor.decompress(blob), [], 0
+    for key, n in zip(keys, lengths):
+        items.append((tuple(key), data[start:start + n]))
+        start += n
+    return items

@@ -1,0 +1,207 @@
+"""Read stages: input files and dataset rows -> raw records ``(kind, source, payload, id)``.
+
+A raw record is what ParseRecords (pipeline.filter_stage) turns into a Document or a Rejection:
+
+    JSON_LINE   one line of a JSONL file, undecoded bytes         source "path:lineno"
+    TEXT_FILE   a whole plain-text file, undecoded bytes          source "path"
+    VALUE       a Parquet cell or a dataset row's text (str)      source "path:row" or "hf:name:split:row"
+    READ_ERROR  a file that could not be read: the error message  (becomes an unreadable_file rejection)
+
+Bytes are never decoded here, so invalid UTF-8 reaches ParseRecords and becomes a counted rejection; a file
+that cannot be read never fails the run. Files go through Beam's FileSystems (local paths and ``gs://``),
+compression by extension.
+"""
+from __future__ import annotations
+
+import os
+from typing import BinaryIO, Iterator
+
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+
+from pipeline.counters import COUNTER_NAMESPACE
+
+JSON_LINE, TEXT_FILE, VALUE, READ_ERROR = "json", "text", "value", "error"
+RAW_KINDS = (JSON_LINE, TEXT_FILE, VALUE, READ_ERROR)
+
+_COMPRESSION_SUFFIXES = (".gz", ".gzip", ".zst", ".zstd", ".bz2", ".deflate", ".lzma", ".xz")
+_JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
+_READ_CHUNK = 1 << 20  # bytes per read() when splitting a file into lines
+_PARQUET_BATCH_ROWS = 256  # rows decoded at a time; bounds memory for wide text columns
+
+
+def input_format(path: str, forced: str = "auto") -> str:
+    """jsonl, parquet or text for one input path: ``forced`` unless "auto", else by extension.
+
+    Compression suffixes are looked through ("a.jsonl.zst" is jsonl). Anything unrecognized is read as a
+    plain-text document, so a stray binary file becomes a counted rejection (nul_bytes / invalid_utf8).
+    """
+    if forced != "auto":
+        return forced
+    name = path.lower()
+    for suffix in _COMPRESSION_SUFFIXES:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    if name.endswith(_JSONL_SUFFIXES):
+        return "jsonl"
+    if name.endswith(".parquet"):
+        return "parquet"
+    return "text"
+
+
+def iter_lines(f: BinaryIO, chunk_bytes: int = _READ_CHUNK) -> Iterator[bytes]:
+    """The lines of a binary stream without their "\\n", as raw bytes (never decoded here).
+
+    Reads fixed-size chunks, so a normal line costs one slice; a line longer than a chunk (a 50 MB
+    one-line document) is assembled from its parts once: linear time, memory of that one line. A final
+    line without a newline is yielded; the empty string after a trailing newline is not.
+    """
+    pending: list[bytes] = []  # parts of a line that spans chunks
+    while True:
+        buf = f.read(chunk_bytes)
+        if not buf:
+            break
+        start = 0
+        while True:
+            end = buf.find(b"\n", start)
+            if end < 0:
+                if start < len(buf):
+                    pending.append(buf[start:])
+                break
+            if pending:
+                pending.append(buf[start:end])
+                yield b"".join(pending)
+                pending = []
+            else:
+                yield buf[start:end]
+            start = end + 1
+    if pending:
+        yield b"".join(pending)
+
+
+class _ReadFileFn(beam.DoFn):
+    """One input file -> raw records. A file that cannot be read yields one READ_ERROR record, never raises."""
+
+    def __init__(self, fmt: str, text_field: str, id_field: str):
+        self.fmt, self.text_field, self.id_field = fmt, text_field, id_field
+        self.files = Metrics.counter(COUNTER_NAMESPACE, "files")
+
+    def process(self, path: str):
+        self.files.inc()
+        kind = input_format(path, self.fmt)
+        if kind == "parquet":
+            yield from self._parquet(path)
+            return
+        lineno = 0
+        try:
+            # Compression comes from the extension (.gz, .zst, ...). Bytes are never decoded here: invalid
+            # UTF-8 must reach ParseRecords and become a counted rejection.
+            with FileSystems.open(path) as f:
+                if kind == "text":
+                    # read() of a compressed stream returns at most one buffer: loop to the end.
+                    yield TEXT_FILE, path, b"".join(iter(lambda: f.read(_READ_CHUNK), b"")), None
+                    return
+                for lineno, line in enumerate(iter_lines(f), start=1):
+                    yield JSON_LINE, f"{path}:{lineno}", line, None
+        except Exception as e:  # noqa: BLE001 -- decompressors raise zlib.error, EOFError, ZstdError, OSError...
+            where = f"{path}:{lineno + 1}" if lineno else path
+            yield READ_ERROR, where, f"cannot read {path} as {kind}: {type(e).__name__}: {e}", None
+
+    def _parquet(self, path: str):
+        import pyarrow.parquet as pq  # only workers that read Parquet pay for the import
+
+        row = 0
+        try:
+            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                pf = pq.ParquetFile(f)
+                names = pf.schema_arrow.names
+                if self.text_field not in names:
+                    yield READ_ERROR, path, f"{path} has no column {self.text_field!r} (columns: {names}); " \
+                                            "set --text-field", None
+                    return
+                columns = [self.text_field] + ([self.id_field] if self.id_field in names else [])
+                for batch in pf.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=columns):
+                    texts = batch.column(0).to_pylist()
+                    ids = batch.column(1).to_pylist() if len(columns) == 2 else [None] * len(texts)
+                    for text, doc_id in zip(texts, ids):
+                        yield VALUE, f"{path}:{row}", text, doc_id
+                        row += 1
+        except Exception as e:  # noqa: BLE001 -- pyarrow raises ArrowInvalid, OSError, ... on corrupt files
+            yield READ_ERROR, f"{path}:{row}", f"cannot read {path} as parquet: {type(e).__name__}: {e}", None
+
+
+class ReadFiles(beam.PTransform):
+    """PBegin -> raw records from a list of file paths (JSONL lines, Parquet rows, whole .txt files).
+
+    Parallelism is per file: the paths are reshuffled so workers share them; one file is read start to
+    end by one worker, which keeps line numbers (and so derived ids) exact.
+    """
+
+    def __init__(self, paths: list[str], fmt: str = "auto", text_field: str = "text", id_field: str = "id"):
+        super().__init__()
+        self.paths, self.fmt, self.text_field, self.id_field = sorted(paths), fmt, text_field, id_field
+
+    def expand(self, pbegin):
+        return (
+            pbegin
+            | "Paths" >> beam.Create(self.paths)
+            | "SpreadFiles" >> beam.Reshuffle()
+            | "ReadFile" >> beam.ParDo(_ReadFileFn(self.fmt, self.text_field, self.id_field))
+        )
+
+
+def load_hf_dataset(name_or_path: str, split: str):
+    """A Hugging Face dataset split: ``load_from_disk`` for a saved directory, else ``load_dataset``."""
+    import datasets  # heavy; only runs that use --hf-dataset import it
+
+    if os.path.isdir(name_or_path):
+        ds = datasets.load_from_disk(name_or_path)
+        if isinstance(ds, datasets.DatasetDict):
+            if split not in ds:
+                raise ValueError(f"--hf-split {split!r}: {name_or_path} has splits {sorted(ds)}; pick one of them")
+            ds = ds[split]
+        return ds
+    return datasets.load_dataset(name_or_path, split=split)
+
+
+class _ReadHFRowsFn(beam.DoFn):
+    """A row range [start, end) of a dataset -> VALUE records. The dataset is opened (memory-mapped) once per worker."""
+
+    def __init__(self, name: str, split: str, text_field: str, id_field: str):
+        self.name, self.split, self.text_field, self.id_field = name, split, text_field, id_field
+        self._ds = None
+
+    def setup(self):
+        ds = load_hf_dataset(self.name, self.split)
+        self._has_id = self.id_field in ds.column_names
+        self._ds = ds.select_columns([self.text_field] + ([self.id_field] if self._has_id else []))
+
+    def process(self, row_range: tuple[int, int]):
+        start, end = row_range
+        batch = self._ds[start:end]
+        texts = batch[self.text_field]
+        ids = batch[self.id_field] if self._has_id else [None] * len(texts)
+        for i, (text, doc_id) in enumerate(zip(texts, ids)):
+            yield VALUE, f"hf:{self.name}:{self.split}:{start + i}", text, doc_id
+
+
+class ReadHuggingFace(beam.PTransform):
+    """PBegin -> raw records from a Hugging Face dataset split (local use: every worker opens the dataset)."""
+
+    def __init__(self, name: str, split: str, num_rows: int, text_field: str = "text", id_field: str = "id",
+                 rows_per_range: int = 1000):
+        super().__init__()
+        self.name, self.split, self.num_rows = name, split, num_rows
+        self.text_field, self.id_field, self.rows_per_range = text_field, id_field, rows_per_range
+
+    def expand(self, pbegin):
+        ranges = [(s, min(s + self.rows_per_range, self.num_rows)) for s in range(0, self.num_rows, self.rows_per_range)]
+        return (
+            pbegin
+            | "RowRanges" >> beam.Create(ranges)
+            | "SpreadRanges" >> beam.Reshuffle()
+            | "ReadRows" >> beam.ParDo(_ReadHFRowsFn(self.name, self.split, self.text_field, self.id_field))
+        )

@@ -1,0 +1,114 @@
+"""Rejected records: each dropping stage's Rejections -> DIR/rejected/STAGE-SSSSS-of-NNNNN.jsonl.gz, and counts.
+
+Every dropped record is kept (its text bounded, see pipeline.documents.MAX_REJECTED_CHARS) with the reason it
+was dropped, one JSON object per line: ``{"id", "source", "reason", "text"}``. WriteRejected writes them,
+CountRejected counts them per reason for the manifest.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+
+from pipeline import documents
+from pipeline.bundles import in_global_window
+from pipeline.counters import COUNTER_NAMESPACE
+from pipeline.documents import Rejection
+from pipeline.layout import REJECTED_DIR
+
+REJECTED_GZIP_LEVEL = 1
+
+
+def rejected_line(r: Rejection) -> str:
+    """One JSON line of rejected/*.jsonl.gz, always encodable as UTF-8 (odd file names included)."""
+    line = json.dumps(documents.to_rejection_record(r), ensure_ascii=False)
+    return line.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+class _FormatRejectedFn(beam.DoFn):
+    """Rejections -> gzip members of about ``block_chars`` characters of JSON lines each, counting each reason.
+
+    Blocks, not one element per line: a text sink compresses every write it gets, so one write per rejected
+    record pays the compressor's per-call cost once per record. Each block is compressed here, as one complete
+    gzip member at level 1 (REJECTED_GZIP_LEVEL), and the sink writes the bytes as they are: a file of
+    concatenated members is one valid gzip stream (RFC 1952; gzip, zcat and Python's gzip read it whole). Level 1
+    rather than the sink's fixed level 6, because rejected text (often most of a web corpus) is written once
+    and rarely read: CPU matters more than its size. A JSON line never holds a raw newline, so a block is a run
+    of whole lines; the order of lines in a file depended on bundling anyway.
+    """
+
+    def __init__(self, block_chars: int = 1 << 20):
+        self.block_chars = block_chars
+        self._counters = {}
+
+    def start_bundle(self):
+        self._lines, self._chars = [], 0
+
+    def process(self, r: Rejection):
+        counter = self._counters.get(r.reason)
+        if counter is None:
+            counter = self._counters[r.reason] = Metrics.counter(COUNTER_NAMESPACE, f"rejected_{r.reason}")
+        counter.inc()
+        line = rejected_line(r)
+        self._lines.append(line)
+        self._chars += len(line)
+        if self._chars >= self.block_chars:
+            yield self._block()
+
+    def finish_bundle(self):
+        if self._lines:
+            yield in_global_window(self._block())
+
+    def _block(self) -> bytes:
+        block = "\n".join(self._lines) + "\n"
+        self._lines, self._chars = [], 0
+        return gzip_member(block.encode("utf-8"))
+
+
+def gzip_member(data: bytes) -> bytes:
+    """``data`` as one complete gzip member (level REJECTED_GZIP_LEVEL, mtime 0 so equal input gives equal bytes)."""
+    return gzip.compress(data, compresslevel=REJECTED_GZIP_LEVEL, mtime=0)
+
+
+class WriteRejected(beam.PTransform):
+    """Rejections -> DIR/rejected/STAGE-SSSSS-of-NNNNN.jsonl.gz; returns the written file names.
+
+    One instance per stage that drops records (parse, quality, dedup), applied to that stage's output with
+    no Flatten in between, so the runner fuses the formatting and writing into the stage itself: the rejected
+    text (often most of a web corpus) is never shuffled, materialized by the runner or re-read by a later
+    stage. ``num_files`` 0 (the default) writes one file per bundle; a positive count shuffles the compressed
+    blocks into exactly that many files. Which file holds which record depends on bundling either way; the
+    manifest lists the files. Every file ends with an empty gzip member, so a file that received no block (the
+    sink writes one when a stage rejected nothing) is still valid gzip.
+    """
+
+    def __init__(self, output_dir: str, stage: str, num_files: int = 0):
+        super().__init__()
+        self.output_dir, self.stage, self.num_files = output_dir, stage, num_files
+
+    def expand(self, rejected):
+        return (
+            rejected
+            | "CountAndFormat" >> beam.ParDo(_FormatRejectedFn())
+            | "Write" >> beam.io.WriteToText(
+                FileSystems.join(self.output_dir, REJECTED_DIR, self.stage),
+                file_name_suffix=".jsonl.gz",
+                append_trailing_newlines=False,
+                num_shards=self.num_files,
+                shard_name_template="-SSSSS-of-NNNNN",
+                coder=beam.coders.BytesCoder(),
+                compression_type=CompressionTypes.UNCOMPRESSED,  # the blocks are gzip members already
+                footer=gzip_member(b""),
+            )
+        )
+
+
+class CountRejected(beam.PTransform):
+    """Rejections -> (reason, count) pairs; combined where the records are (only the counts move)."""
+
+    def expand(self, rejected):
+        return rejected | "Reason" >> beam.Map(lambda r: r.reason) | "PerReason" >> beam.combiners.Count.PerElement()

@@ -1,0 +1,234 @@
+"""Tokenizer stages: a deterministic sample -> a trained (or given) tokenizer -> documents as token bytes.
+
+    SampleForTokenizer   (dedup_key, Document) -> the documents with the smallest hash of their document_key,
+                         up to a character budget (bottom-k: the same sample whatever the runner's splits)
+    TrainTokenizer       sample -> SentencePiece model, written to DIR/tokenizer.model -> tokenizer info
+    GivenTokenizer       --tokenizer PATH, copied to DIR/tokenizer.model -> tokenizer info
+    TokenizeAndAssign    (dedup_key, Document) -> ((split, shard), packed batch of ((document_key, dedup_key),
+                         token bytes)), with the tokenizer info as a singleton side input
+
+The tokenizer info is one dict (model bytes, vocab size, eos id, sha256) passed as a side input, so the runner
+finishes training before any document is tokenized, and nothing is read or filtered twice. pipeline.tokenizer
+is the SentencePiece code itself, without Beam.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+
+from pipeline import documents
+from pipeline.bundles import in_global_window
+from pipeline.counters import COUNTER_NAMESPACE
+from pipeline.layout import REJECTED_DIR, TOKENIZER_NAME
+from pipeline.packing import pack_token_batch
+from pipeline.shards import dtype_for_vocab
+from pipeline.split import assign_shard, hash_unit
+from pipeline.write import write_bytes
+
+
+def _trim_sample(items: list, budget_chars: int) -> tuple[list, int]:
+    """Sorted prefix of (hash, text) pairs: keep each item while the characters before it are < budget."""
+    items.sort()
+    kept, total = [], 0
+    for item in items:
+        if total >= budget_chars:
+            break
+        kept.append(item)
+        total += len(item[1])
+    return kept, total
+
+
+class BottomKByHashFn(beam.CombineFn):
+    """The documents with the smallest hashes until ``budget_chars`` characters: a sample that does not
+    depend on how the runner splits the input (the global prefix is contained in every partial prefix).
+    Accumulators hold at most ~2x the budget of text."""
+
+    def __init__(self, budget_chars: int):
+        self.budget = budget_chars
+
+    def create_accumulator(self):
+        return [], 0
+
+    def add_input(self, acc, item):
+        items, total = acc
+        items.append(item)
+        total += len(item[1])
+        if total > 2 * self.budget:
+            items, total = _trim_sample(items, self.budget)
+        return items, total
+
+    def merge_accumulators(self, accumulators):
+        merged = [item for items, _ in accumulators for item in items]
+        return _trim_sample(merged, self.budget)
+
+    def extract_output(self, acc):
+        return _trim_sample(list(acc[0]), self.budget)[0]
+
+
+class SampleForTokenizer(beam.PTransform):
+    """(dedup_key, Document) -> one list of (hash, text), sorted by hash, of about ``budget_chars`` characters."""
+
+    def __init__(self, budget_chars: int):
+        super().__init__()
+        self.budget = budget_chars
+
+    def expand(self, unique):
+        return (
+            unique
+            | "HashKey" >> beam.Map(lambda kv: (hash_unit(documents.document_key(kv[1]), "tokenizer-sample"), kv[1].text))
+            | "BottomK" >> beam.CombineGlobally(BottomKByHashFn(self.budget))
+        )
+
+
+def tokenizer_info(model_bytes: bytes, trained: bool, sample_chars: int = 0) -> dict:
+    """The tokenizer-info dict passed between stages (model bytes included) and summarized in the manifest."""
+    from pipeline.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_bytes(model_bytes, TOKENIZER_NAME)
+    return {
+        "model": model_bytes,
+        "vocab_size": int(tok.vocab_size),
+        "eos_id": int(tok.eos_id),
+        "sha256": hashlib.sha256(model_bytes).hexdigest(),
+        "trained": trained,
+        "sample_chars": sample_chars,
+    }
+
+
+class _TrainTokenizerFn(beam.DoFn):
+    def __init__(self, vocab_size: int, output_dir: str):
+        self.vocab_size, self.output_dir = vocab_size, output_dir
+
+    def process(self, sample):
+        from pipeline.tokenizer import train_tokenizer_bytes
+
+        if not sample:
+            raise ValueError(
+                "no document survived parsing, filtering and dedup, so there is nothing to train a tokenizer on; "
+                f"see {FileSystems.join(self.output_dir, REJECTED_DIR)}/ for why each record was dropped, and loosen the "
+                "filter options (e.g. --min-words) or check --input / --text-field"
+            )
+        # The sample arrives sorted by hash: the trainer sees the same sentences in the same order on every
+        # run and worker count, so the model file is byte-identical.
+        model = train_tokenizer_bytes((text for _, text in sample), self.vocab_size)
+        write_bytes(FileSystems.join(self.output_dir, TOKENIZER_NAME), model)
+        yield tokenizer_info(model, trained=True, sample_chars=sum(len(t) for _, t in sample))
+
+
+class TrainTokenizer(beam.PTransform):
+    """(dedup_key, Document) -> [tokenizer info]: trains on a hash sample and writes DIR/tokenizer.model."""
+
+    def __init__(self, vocab_size: int, sample_chars: int, output_dir: str):
+        super().__init__()
+        self.vocab_size, self.sample_chars, self.output_dir = vocab_size, sample_chars, output_dir
+
+    def expand(self, unique):
+        return (
+            unique
+            | "Sample" >> SampleForTokenizer(self.sample_chars)
+            | "Train" >> beam.ParDo(_TrainTokenizerFn(self.vocab_size, self.output_dir))
+        )
+
+
+class _CopyTokenizerFn(beam.DoFn):
+    def __init__(self, output_dir: str):
+        self.output_dir = output_dir
+
+    def process(self, info):
+        write_bytes(FileSystems.join(self.output_dir, TOKENIZER_NAME), info["model"])
+        yield info
+
+
+class GivenTokenizer(beam.PTransform):
+    """PBegin -> [tokenizer info] for an existing model (--tokenizer PATH), copied to DIR/tokenizer.model."""
+
+    def __init__(self, info: dict, output_dir: str):
+        super().__init__()
+        self.info, self.output_dir = info, output_dir
+
+    def expand(self, pbegin):
+        return pbegin | "Model" >> beam.Create([self.info]) | "Copy" >> beam.ParDo(_CopyTokenizerFn(self.output_dir))
+
+
+# Token bytes a tokenizing worker may hold in open batches, over all shards: with many shards each batch is
+# smaller (down to MIN_TOKEN_BATCH_BYTES), so a worker's memory does not grow with the number of shards.
+OPEN_BATCHES_BYTES = 16 << 20
+MAX_TOKEN_BATCH_BYTES, MIN_TOKEN_BATCH_BYTES = 1 << 20, 16 << 10
+
+
+def token_batch_bytes(shards: int) -> int:
+    """Size of one shard's batch of token bytes when ``shards`` shards (train + val) are open at once."""
+    return max(MIN_TOKEN_BATCH_BYTES, min(MAX_TOKEN_BATCH_BYTES, OPEN_BATCHES_BYTES // max(shards, 1)))
+
+
+class _TokenizeFn(beam.DoFn):
+    """(dedup_key, Document) -> ((split, shard), packed batch of ((document_key, dedup_key), token bytes)).
+
+    Tokens travel as raw bytes in the shard dtype (uint16 for vocabularies < 65500): half the size of the
+    UTF-8 text for typical English, and exactly what ShardWriter writes. Documents leave in batches per shard
+    of about ``batch_bytes`` token bytes, compressed (pack_token_batch): the shard grouping then handles one
+    element per batch instead of one per document (the local runner does that grouping in its launching
+    process, serially) and fewer bytes, and a worker holds at most one open batch per shard.
+    """
+
+    def __init__(self, val_fraction: float, train_shards: int, val_shards: int, batch_bytes: int):
+        self.val_fraction, self.train_shards, self.val_shards = val_fraction, train_shards, val_shards
+        self.batch_bytes = batch_bytes
+        self.kept = Metrics.counter(COUNTER_NAMESPACE, "kept")
+        self.tokens = Metrics.counter(COUNTER_NAMESPACE, "tokens")
+        self._tok, self._sha, self._dtype = None, None, None
+
+    def _tokenizer(self, info: dict):
+        # The model arrives as a side input (it may have been trained in this very run); build it once
+        # per DoFn instance, not per element.
+        if self._sha != info["sha256"]:
+            from pipeline.tokenizer import Tokenizer
+
+            self._tok, self._sha = Tokenizer.from_bytes(info["model"], TOKENIZER_NAME), info["sha256"]
+            self._dtype = dtype_for_vocab(info["vocab_size"])
+        return self._tok
+
+    def start_bundle(self):
+        self._batches: dict[tuple[str, int], tuple[list, int]] = {}  # shard -> (items, token bytes)
+
+    def process(self, element, info):
+        dkey, doc = element
+        tok = self._tokenizer(info)
+        key = documents.document_key(doc)
+        shard = assign_shard(key, self.val_fraction, self.train_shards, self.val_shards)
+        ids = tok.encode_document(doc.text)
+        self.kept.inc()
+        self.tokens.inc(len(ids))
+        token_bytes = ids.astype(self._dtype).tobytes()
+        items, size = self._batches.get(shard, ([], 0))
+        items.append(((key, dkey), token_bytes))
+        size += len(token_bytes)
+        if size >= self.batch_bytes:
+            self._batches.pop(shard, None)
+            yield shard, pack_token_batch(items)
+        else:
+            self._batches[shard] = (items, size)
+
+    def finish_bundle(self):
+        for shard, (items, _) in sorted(self._batches.items()):
+            yield in_global_window((shard, pack_token_batch(items)))
+        self._batches = {}
+
+
+class TokenizeAndAssign(beam.PTransform):
+    """(dedup_key, Document) -> shard-keyed batches of token bytes; the tokenizer info is a singleton side input.
+    ``batch_bytes`` defaults to token_batch_bytes(train_shards + val_shards)."""
+
+    def __init__(self, tokenizer, val_fraction: float, train_shards: int, val_shards: int,
+                 batch_bytes: int | None = None):
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.batch_bytes = batch_bytes or token_batch_bytes(train_shards + val_shards)
+        self.val_fraction, self.train_shards, self.val_shards = val_fraction, train_shards, val_shards
+
+    def expand(self, unique):
+        fn = _TokenizeFn(self.val_fraction, self.train_shards, self.val_shards, self.batch_bytes)
+        return unique | "Encode" >> beam.ParDo(fn, beam.pvalue.AsSingleton(self.tokenizer))

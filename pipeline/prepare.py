@@ -17,7 +17,8 @@ The tokenizer is trained inside the same pipeline: the sample is a CombineGlobal
 documents, the trained model is a singleton side input of the tokenize stage, so the runner finishes the
 sample before tokenizing and nothing is read or filtered twice. Heavy objects (the tokenizer, a Hugging Face
 dataset) are built in ``setup()`` or once per worker, never pickled with a DoFn. Hashes use sha256, never
-Python's ``hash()``, so every worker and every run agrees. pipeline.layout names every file of DIR.
+Python's ``hash()``, so every worker and every run agrees. pipeline.layout names every file of DIR; --overwrite
+removes exactly those files and refuses a DIR holding anything else.
 
 Run it (local, two worker processes; Beam flags pass straight through):
 
@@ -81,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     out = p.add_argument_group("output")
     out.add_argument("--output", required=True, metavar="DIR", help="output directory (local or gs://)")
     out.add_argument("--overwrite", action="store_true",
-                     help="replace the outputs of an earlier run in DIR (otherwise a non-empty DIR is refused)")
+                     help="replace an earlier run's outputs in DIR: removes exactly the files this tool writes, and "
+                     "refuses a DIR that holds anything else (without it, a non-empty DIR is refused)")
     out.add_argument("--train-shards", type=int, default=8, help="number of train shards")
     out.add_argument("--val-shards", type=int, default=1, help="number of val shards")
     out.add_argument("--val-fraction", type=float, default=0.01,
@@ -199,18 +201,19 @@ def check_output(output: str, overwrite: bool) -> None:
         raise ValueError(f"--output {output} holds files or folders this tool did not write ({', '.join(top[:5])}); "
                          "--overwrite only replaces its own outputs: move them or choose a new directory")
     if foreign:
-        raise ValueError(f"--output {output}: {', '.join(foreign[:5])} in a folder this tool writes is not one of its "
-                         "files, and --overwrite would empty that folder; move it out or choose a new directory")
+        raise ValueError(f"--output {output}: {', '.join(foreign[:5])} is in a folder this tool writes but is not "
+                         "one of its files (--overwrite would leave it among the new outputs); move it out or choose "
+                         "a new directory")
     # The manifest goes first, so an interrupted clean-up never leaves a directory that looks finished.
-    files.sort(key=lambda p: p != MANIFEST_NAME)
+    first, rest = [p for p in files if p == MANIFEST_NAME], [p for p in files if p != MANIFEST_NAME]
     if _is_remote(output):
         from apache_beam.io.filesystems import FileSystems
 
-        for batch in (files[:1], files[1:]):
+        for batch in (first, rest):
             if batch:
                 FileSystems.delete([FileSystems.join(output, *p.split("/")) for p in batch])
         return
-    for p in files:
+    for p in first + rest:
         os.remove(os.path.join(output, *p.split("/")))
     for d in sorted(folders, key=lambda d: -d.count("/")):  # deepest first: each is empty by its turn
         os.rmdir(os.path.join(output, *d.split("/")))

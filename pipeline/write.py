@@ -5,9 +5,10 @@ the number of workers (in_key_order), stream them through pipeline.shards.ShardW
 then rename the .bin and then the .idx into place: a present .idx marks a finished shard. Shards with no
 document are written too (empty), so a run always has every shard its manifest names.
 
-replaced_on_close is the one way the pipeline writes a file: on a local disk through pipeline.files (temporary
-name, fsync, rename, directory fsync); on ``gs://`` through Beam's FileSystems (temporary object, then a
-rename, which GCS does as copy and delete: a reader sees the whole object or none, never a half-written one).
+replaced_on_close is how every stage writes a file of its own (shards, tokenizer, manifest; the rejected files
+go through Beam's WriteToText, which has its own temporary names): on a local disk through pipeline.files
+(temporary name, fsync, rename, directory fsync); on ``gs://`` through Beam's FileSystems (a temporary object,
+then a rename to the final name, so a reader never finds a half-written object under that name).
 """
 from __future__ import annotations
 

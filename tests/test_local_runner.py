@@ -127,8 +127,8 @@ def test_worker_queues_hold_a_few_messages_and_zero_leaves_beams_bounds(monkeypa
         assert channel._to_send.max_bytes == channel._pending_send.max_bytes == limit
         # One message larger than the bound still passes (alone), so a big group cannot block its worker.
         queue = channel._received["bundle-1"]
-        queue.put(b"g", limit + 1, timeout=1)
-        assert queue.get(timeout=1) == b"g"
+        queue.put(b"g", limit + 1, timeout=60)  # would block (and fail after 60 s) if the bound held it back
+        assert queue.get(timeout=60) == b"g"
     finally:
         channel.close()
 

@@ -69,15 +69,19 @@ def test_workers_are_forks_of_the_server_and_their_exits_are_reported():
 
 
 def test_the_server_waits_for_its_workers_before_it_exits():
+    """Once its input ends the server still reaps a running worker and reports its exit, then exits itself. The
+    worker is ended only after the server has read that end of input (its read count rises), so a server that
+    left at once would never report the exit and wait() would answer None."""
     server = ForkServer(4096)
-    pid = server.start(UNREACHABLE)
+    pid = server.start(UNREACHABLE)  # answered: the server is back in its select, waiting
+    reads = _read_calls(server._process.pid)
     server._process.stdin.close()  # as close() does
-    time.sleep(1.0)
+    _wait_for(lambda: _read_calls(server._process.pid) > reads, "the server to read the end of its input")
     assert server._process.poll() is None  # its worker still runs
     os.kill(pid, signal.SIGTERM)
     assert server.wait(pid) == -signal.SIGTERM
+    assert server._process.wait(timeout=DEADLINE_S) == 0  # and with no worker left, it exits
     server.close()
-    assert server._process.returncode == 0
 
 
 def test_a_dead_server_fails_start_and_wait_instead_of_blocking():
@@ -89,10 +93,26 @@ def test_a_dead_server_fails_start_and_wait_instead_of_blocking():
     with pytest.raises(OSError, match="exited"):
         server.start({})
     server.close()
-    deadline = time.monotonic() + 10
-    while _state(pid) not in ("gone", "Z") and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _state(pid) in ("gone", "Z")
+    _wait_for(lambda: _state(pid) in ("gone", "Z"), f"the orphaned worker {pid} to end")
+
+
+# How long a condition may take before the test calls it a hang: far beyond any normal delay on a loaded machine.
+DEADLINE_S = 60
+
+
+def _wait_for(condition, what: str) -> None:
+    """Poll ``condition`` until it holds; fail only after DEADLINE_S (a hang, not a slow machine)."""
+    deadline = time.monotonic() + DEADLINE_S
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {DEADLINE_S} s waiting for {what}")
+        time.sleep(0.01)
+
+
+def _read_calls(pid: int) -> int:
+    """read() system calls process ``pid`` has made so far (/proc/PID/io)."""
+    with open(f"/proc/{pid}/io") as f:
+        return int(next(line for line in f if line.startswith("syscr:")).split()[1])
 
 
 def _state(pid: int) -> str:

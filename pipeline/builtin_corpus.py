@@ -16,8 +16,9 @@ walks, gzip without timestamps); ``--max-mb`` stops after that many MB of text.
     python -m pipeline.builtin_corpus --out /tmp/corpus                         # stdlib + dist
     python -m pipeline.builtin_corpus --out /tmp/corpus --site-packages --max-mb 50
 
-Sizes depend on what is installed: with this project's [all] extras on Python 3.11, stdlib + dist give
-3.6 MB (8,743 documents) and --site-packages 81 MB (163,508 documents).
+Sizes depend on what is installed (the Python version, the installed packages): stdlib + dist give a few MB,
+enough for a smoke run; --site-packages adds every installed package's docstrings, many times more text,
+for runs that need a larger corpus. Pass --max-mb to get the same amount on any installation.
 """
 from __future__ import annotations
 

@@ -159,7 +159,8 @@ def dedup_key(text: str) -> str:
     Two documents that differ only in spacing, line breaks or indentation are duplicates; case and
     punctuation still count. Linear in len(text).
     """
-    # str.split() breaks at exactly the characters re's \s matches (str.isspace), 3x faster than re.sub.
+    # str.split() breaks at exactly the characters re's \s matches (str.isspace): re.sub(r"\s+", " ", text)
+    # without the regex engine, in one pass in C.
     normalized = " ".join(text.split())
     return hashlib.sha256(normalized.encode("utf-8", "surrogatepass")).hexdigest()
 

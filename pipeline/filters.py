@@ -202,10 +202,10 @@ def _lines(text: str):
 
 
 _WORD, _ALPHA, _STOP, _LENGTH_SHIFT = 1, 2, 4, 3  # bits of a token's class code, then its length
-# Tokens the cache holds before it starts over: ~6 MB at most (keys of at most 64 characters, ~55 bytes each,
-# and the dict's slots). One worker's half of the 200 MB benchmark corpus has 12.3M tokens, 395k of them
-# distinct; it misses 6.3% of them at this size and 4.6% at 2^18 (1.4 us a miss, 0.2 us a hit: 0.26 s more
-# CPU per 100 MB of text), where 2^18 entries held 24 MB, a worker's largest single Python structure.
+# Tokens the cache holds before it starts over (keys of at most 64 characters, so a few MB at most). A corpus
+# keeps bringing new distinct tokens (names, numbers, typos) while most of its tokens come from a small
+# vocabulary: a cache that starts over still hits on nearly every token, and a larger one would save a few
+# misses for memory that a worker needs more (benchmarks/RESULTS.md, the token-class cache).
 _CLASS_CACHE_SIZE = 1 << 16
 
 
@@ -382,8 +382,8 @@ def _ngram_reasons(ids: np.ndarray, lengths: np.ndarray, bounds: np.ndarray, cfg
     Every n-gram gets an exact integer label: label_1 = id, label_n = rank of the pair (label_{n-1} at i, id at
     i + n - 1) among all pairs (np.unique). Ranks keep the lexicographic order of the token ids, and a
     pair < N * N fits int64 for any batch under 3e9 tokens. An n-gram can only occur twice if the (n-1)-gram it
-    starts with does, so after each n only the starts of repeated n-grams are followed (16% of positions after
-    n = 2 on docstrings). Documents leave once decided: failed, or (duplicated n-gram coverage can only shrink
+    starts with does, so after each n only the starts of repeated n-grams are followed (in natural text a
+    small fraction of the positions once n > 2). Documents leave once decided: failed, or (duplicated n-gram coverage can only shrink
     as n grows) within every remaining limit.
     """
     n_docs, n_tokens = len(bounds) - 1, len(ids)
@@ -454,7 +454,7 @@ def reject_reason(text: str, cfg: FilterConfig) -> str | None:
 
 
 def reject_reasons(texts: list[str], cfg: FilterConfig) -> list[str | None]:
-    """``[reject_reason(t, cfg) for t in texts]``, computed for the whole batch at once (several times faster).
+    """``[reject_reason(t, cfg) for t in texts]``, computed for the whole batch at once.
 
     Each document is split into tokens once; the per-token quality counts are numpy sums over the batch and the
     n-gram rules run over every surviving document together (_ngram_reasons), so numpy's per-call cost is paid

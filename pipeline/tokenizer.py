@@ -10,15 +10,14 @@ word boundaries (SentencePiece silently skips "sentences" over its byte limit, a
 Sentences are streamed to the trainer from an iterator, never written to disk. With one thread and the fixed
 random seed, the same sample gives a byte-identical model.
 
-Encoding long documents: SentencePiece's BPE encoder holds ~40 bytes of state per character of the whole input
-(a 20 MB line peaks near 1 GB) and can grow faster than the input (10x the text in one line took 9x to 20x
-the time in benchmarks/RESULTS.md). Documents longer than ``ENCODE_CHUNK_CHARS`` (16384) characters are
-encoded in chunks with this exact rule: a chunk ends just before the last space that follows a non-space
-character within its first 16384 characters (the start of a run of spaces, which is where SentencePiece's
-pieces begin), and every chunk after the first is encoded without the dummy prefix. No piece crosses such a
-point (pieces are "▁word"-shaped), so the ids equal those of encoding the whole document. Only a run of more
-than 16384 characters with no space in it is cut hard every 16384 characters; the ids there may differ from
-whole-document encoding, and decoding still returns the exact text.
+Encoding long documents: SentencePiece's BPE encoder holds tens of bytes of state per character of the whole
+input, and its time on one long line grows faster than the line's length (benchmarks/RESULTS.md). Documents
+longer than ``ENCODE_CHUNK_CHARS`` (16384) characters are encoded in chunks with this exact rule: a chunk ends
+just before the last space that follows a non-space character within its first 16384 characters (the start of a
+run of spaces, which is where SentencePiece's pieces begin), and every chunk after the first is encoded without
+the dummy prefix. No piece crosses such a point (pieces are "▁word"-shaped), so the ids equal those of encoding
+the whole document. Only a run of more than 16384 characters with no space in it is cut hard every 16384
+characters; the ids there may differ from whole-document encoding, and decoding still returns the exact text.
 
 Train one by hand:
 
@@ -271,8 +270,8 @@ class Tokenizer:
     def encode_document(self, text: str) -> np.ndarray:
         """A document's sequence: ids of ``text`` followed by EOS, as int32 of shape (len + 1,).
 
-        Chunk by chunk into int32 arrays: a 20 MB document's ~5M ids take 20 MB, not the ~200 MB of a Python
-        list of ints.
+        Chunk by chunk into int32 arrays: 4 bytes per id, where a Python list of ints takes several times that
+        for a long document.
         """
         parts = [np.asarray(part, dtype=np.int32) for part in self._id_parts(text)]
         parts.append(np.array([self.eos_id], dtype=np.int32))

@@ -383,8 +383,8 @@ def _ngram_reasons(ids: np.ndarray, lengths: np.ndarray, bounds: np.ndarray, cfg
     i + n - 1) among all pairs (np.unique). Ranks keep the lexicographic order of the token ids, and a
     pair < N * N fits int64 for any batch under 3e9 tokens. An n-gram can only occur twice if the (n-1)-gram it
     starts with does, so after each n only the starts of repeated n-grams are followed (in natural text a
-    small fraction of the positions once n > 2). Documents leave once decided: failed, or (duplicated n-gram coverage can only shrink
-    as n grows) within every remaining limit.
+    small fraction of the positions once n > 2). Documents leave once decided: failed, or (duplicated n-gram
+    coverage can only shrink as n grows) within every remaining limit.
     """
     n_docs, n_tokens = len(bounds) - 1, len(ids)
     reasons: list[str | None] = [None] * n_docs

@@ -195,7 +195,8 @@ def check_output(output: str, overwrite: bool) -> None:
         done = "a finished run" if MANIFEST_NAME in names else "an unfinished run or other files"
         raise ValueError(f"--output {output} is not empty (holds {done}: {', '.join(names[:5])}); pass --overwrite to "
                          "replace this tool's outputs there, or choose a new directory")
-    foreign = sorted([p for p in files if not layout.is_output(p)] + [d for d in folders if not layout.is_output_dir(d)])
+    foreign = sorted([p for p in files if not layout.is_output(p)]
+                     + [d for d in folders if not layout.is_output_dir(d)])
     top = [p for p in foreign if "/" not in p]
     if top:
         raise ValueError(f"--output {output} holds files or folders this tool did not write ({', '.join(top[:5])}); "

@@ -108,8 +108,8 @@ class _TrainTokenizerFn(beam.DoFn):
         if not sample:
             raise ValueError(
                 "no document survived parsing, filtering and dedup, so there is nothing to train a tokenizer on; "
-                f"see {FileSystems.join(self.output_dir, REJECTED_DIR)}/ for why each record was dropped, and loosen the "
-                "filter options (e.g. --min-words) or check --input / --text-field"
+                f"see {FileSystems.join(self.output_dir, REJECTED_DIR)}/ for why each record was dropped, and loosen "
+                "the filter options (e.g. --min-words) or check --input / --text-field"
             )
         # The sample arrives sorted by hash: the trainer sees the same sentences in the same order on every
         # run and worker count, so the model file is byte-identical.

@@ -199,3 +199,17 @@ def test_overwrite_refuses_names_it_did_not_write_and_deletes_nothing(prepared, 
     with pytest.raises(ValueError, match=re.escape(named) + ".*(move|choose a new directory)"):
         check_output(str(out), overwrite=True)
     assert _tree(out) == before
+
+
+def test_overwrite_never_follows_a_link_out_of_the_directory(prepared, tmp_path):
+    """A link named like one of our folders is not our folder: refused, and what it points to is untouched."""
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(os.path.join(prepared["out"], "train"), elsewhere)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.json").write_text("{}")
+    (out / "train").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(ValueError, match="did not write \\(train\\)"):
+        check_output(str(out), overwrite=True)
+    assert sorted(os.listdir(elsewhere)) == sorted(os.listdir(os.path.join(prepared["out"], "train")))
+    assert (out / "manifest.json").exists()

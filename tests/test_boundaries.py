@@ -1,7 +1,8 @@
 """Import boundaries between the three packages, checked in a fresh interpreter each.
 
 The model is plain PyTorch (no DeepSpeed, Beam or training code); the trainer never pulls in Beam; the data
-pipeline never pulls in the model or the trainer; the shard format and manifest need numpy only.
+pipeline never pulls in the model or the trainer; the shard format needs numpy only, and the manifest,
+the output layout and the shard assignment the standard library only.
 """
 import subprocess
 import sys
@@ -11,6 +12,8 @@ import pytest
 CASES = [
     ("pipeline.shards", ["torch", "apache_beam", "sentencepiece", "model", "launch"]),
     ("pipeline.manifest", ["numpy", "torch", "apache_beam", "model", "launch"]),
+    ("pipeline.layout", ["numpy", "torch", "apache_beam", "model", "launch"]),  # prepare checks DIR before Beam
+    ("pipeline.split", ["numpy", "torch", "apache_beam", "model", "launch"]),
     ("pipeline.filters", ["torch", "apache_beam", "model", "launch"]),
     ("pipeline.documents", ["torch", "apache_beam", "model", "launch"]),
     ("pipeline.tokenizer", ["torch", "apache_beam", "model", "launch"]),

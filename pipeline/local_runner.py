@@ -14,8 +14,8 @@ uses whole shares and 10 MB:
   size would gather the pieces again: it is replaced along with the size-based one.
 - Worker to runner. Beam's worker buffers each output stream up to 10 MB and coalesces queued messages up to
   10 MB, and copies each one three or four times on its way out (the stream, the Data message, the coalesced
-  Elements message, its serialization): heaptrack on a worker of the 200 MB benchmark put 62 MB in protobuf
-  arenas and 34 MB in output-stream buffers at its peak. multi_processing workers therefore run
+  Elements message, its serialization), so those buffers and protobuf arenas dominate a worker's peak.
+  multi_processing workers therefore run
   pipeline.local_worker, which applies set_transfer_bytes (and bound_worker_queues) in the worker before running
   Beam's sdk_worker_main.
 - In the worker, queues. Beam lets a worker's receive queue hold 5 messages of any size, and one shard's group
@@ -27,10 +27,9 @@ And one that is about time, not memory: with a fork server (pipeline.local_worke
 launcher before it imports Beam), each worker is a fork of a process that has already imported Beam, instead
 of a new interpreter that starts importing it only when the first stage runs (_forked_sdk_worker_class).
 
-Largest worker's peak RSS, 2 workers, 8 train shards, 50/200/400 MB of input: 233/254/297 MB, against
-331/443/544 MB with Beam's stock transfers in the same run (benchmarks/RESULTS.md). What still grows comes
-with the size of a shard, which reaches its writer as one group: with 8/32/64 shards (the same shard size) the
-peaks are 231/254/259 MB.
+What still grows with the corpus comes with the size of a shard, which reaches its writer as one group; with
+the shard count grown with the corpus, a worker's peak stays flat (benchmarks/bench_prepare.py, figures in
+benchmarks/RESULTS.md).
 
 All of these replace Beam internals. set_transfer_bytes() and make_local_runner() first check that this Beam
 still has them as expected (_probe_beam, _probe_worker_start), and otherwise leave Beam as it is, with a
@@ -47,10 +46,8 @@ import threading
 LOG = logging.getLogger("pipeline.local_runner")
 
 # Size of the data messages between the runner and its local workers, both ways (bytes). Beam's streams
-# flush at 10 MB, and a grouped stage's input went out as one message per worker. With ~1 MB messages from
-# the workers the largest worker peaked at 329 instead of 438 MB for 200 MB of input, in the same time; with
-# the runner's own sends cut to ~1 MB as well (they were still coalesced into 10 MB messages until
-# TimeBasedBufferingClosableOutputStream was replaced too) the dedup stage's peak fell by another ~30 MB.
+# flush at 10 MB, and a grouped stage's input goes out as one message per worker; every such message is held
+# (and copied) whole by both sides, so small messages bound a worker's memory without costing time.
 DEFAULT_TRANSFER_BYTES = 1 << 20
 TRANSFER_BYTES = DEFAULT_TRANSFER_BYTES  # in use; set by set_transfer_bytes
 # --runner values that mean this local runner (None: no --runner). Beam's DirectRunner would try Prism first.
@@ -125,8 +122,7 @@ def _send_input_in_pieces(self, process_bundle_id: str, read_transform_id: str, 
     FnApiRunner sends a bundle's whole input before it asks the worker to start the bundle and before it reads
     the bundle's outputs. That is safe for one message, which the send queue takes whatever its size; in
     pieces, the worker's receive queue fills (a few messages), then the runner's send queues (100 MB each), and
-    with a larger share the runner blocks here forever: a deadlock (reproduced with the send queues at 2 MB
-    on 200 MB of input). Sent from a thread, the runner goes on at once to start the bundle and read its
+    with a larger share the runner blocks here forever: a deadlock. Sent from a thread, the runner goes on at once to start the bundle and read its
     outputs while the input streams in, so neither side waits for the other and the worker's outputs no
     longer queue up in it. An in-process worker runs the whole bundle inside the runner's push(), so its
     input must be all there first: it is written here, before this returns, as the stock method does.
@@ -146,9 +142,9 @@ def _small_message_stream_class(base):
     """A subclass of Beam's SizeBasedBufferingClosableOutputStream or TimeBasedBufferingClosableOutputStream
     ``base`` that flushes at TRANSFER_BYTES by default instead of 10 MB: every data stream a process opens then
     sends ~1 MB messages. A worker's outputs use the first; the runner's streams, its sends of a grouped
-    stage's input among them, the second (FnApiRunner's data server also flushes every 1000 ms). Until both were
-    replaced, the runner coalesced its ~1 MB pieces into 10 MB messages, and a worker's receive queue (5
-    messages) held up to 27 MB of its dedup input at 200 MB of corpus."""
+    stage's input among them, the second (FnApiRunner's data server also flushes every 1000 ms). With only the
+    first replaced, the runner would coalesce its pieces into 10 MB messages again, and a worker's receive queue
+    (5 messages) would hold several of them."""
 
     class SmallMessageStream(base):
         def __init__(self, close_callback=None, flush_callback=None, size_flush_threshold=None, *args, **kwargs):
@@ -242,8 +238,8 @@ def set_transfer_bytes(transfer_bytes: int) -> bool:
 
 # A worker's data queues, in messages of TRANSFER_BYTES: what it has received and not yet processed, and what it
 # has output and gRPC has not yet taken. Beam bounds the first at 5 messages whatever their size and the
-# others at 100 MB. A group is never split, so one shard's group (4.3 MB of compressed tokens at 200 MB of
-# corpus and 8 shards) is one message: 5 of them, a worker's whole share of the shards, waited in its queue.
+# others at 100 MB. A group is never split, so one shard's group (its compressed tokens) is one message: 5 of
+# them, a worker's whole share of the shards, could wait in its queue.
 WORKER_QUEUE_MESSAGES = 4
 
 
@@ -380,14 +376,12 @@ def _local_runner_class():
 
 # glibc malloc settings for local runs (bytes). By default glibc raises its mmap threshold each time a large
 # block is freed (up to 32 MB); after that, big texts, token arrays and grouped payloads come from the heap
-# and fragment it, so a worker's RSS crept up through the streaming read stage (207 -> 362 MB over the 200 MB
-# benchmark corpus). A fixed threshold (which also fixes the trim threshold) keeps blocks of 4 MiB and more in
-# mmap, returned to the OS when freed: the read stage stays at ~300 MB and the largest worker's peak went from
-# 495 to 427-441 MB, with no CPU cost measurable in interleaved runs. 128 KiB gave the same peaks for twice
-# the system time (page faults).
+# and fragment it, so a worker's RSS creeps up through the streaming read stage. A fixed threshold (which also
+# fixes the trim threshold) keeps blocks of 4 MiB and more in mmap, returned to the OS when freed, so the read
+# stage stays flat. A much lower threshold (128 KiB) costs system time in page faults for no lower peak.
 _MALLOC_ENV = {  # environment variable -> (value, its mallopt() parameter number from malloc.h)
     # glibc gives each thread its own arena, and a worker's gRPC and bundle threads then keep freed memory
-    # spread over many of them; two arenas cut a worker's peak at 200 MB of input from 571 to 482 MB.
+    # spread over many of them; two arenas keep that memory reusable.
     "MALLOC_ARENA_MAX": ("2", -8),
     "MALLOC_MMAP_THRESHOLD_": (str(4 << 20), -3),
     "MALLOC_TRIM_THRESHOLD_": (str(8 << 20), -1),

@@ -4,12 +4,12 @@ forked from a process that has already imported it.
 The worker is Beam's own (sdk_worker_main); this only applies set_transfer_bytes in the worker's process first,
 so its output streams flush at TRANSFER_BYTES (1 MB by default) instead of Beam's 10 MB. Each flush is copied
 three or four times on its way out (the stream, the Data message, the coalesced Elements message, its
-serialization) and a worker has an output stream per output of the stage, so 10 MB flushes cost a worker
-~60 MB more at its peak.
+serialization) and a worker has an output stream per output of the stage, so 10 MB flushes multiply into a
+large part of a worker's peak.
 
-How it starts. FnApiRunner starts each multi_processing worker as a new interpreter once the first stage runs,
-~3.5 s after launch (when the launcher has imported Beam and built the pipeline), and each worker then spends
-~2.3 s of CPU importing Beam, grpc, numpy and sentencepiece before it takes a bundle (py-spy, 50 MB benchmark):
+How it starts. FnApiRunner starts each multi_processing worker as a new interpreter once the first stage runs
+(when the launcher has imported Beam and built the pipeline), and each worker then spends seconds of CPU
+importing Beam, grpc, numpy and sentencepiece before it takes a bundle:
 the cores the launcher leaves idle until then stay idle, and then every core imports. Instead, the launcher
 starts a ForkServer first thing, before it imports Beam itself:
 

@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from pipeline.files import TEMP_MARKER, fsync_path, temporary_name, write_atomic
+
 CHECKPOINTS_DIR = "checkpoints"
 TAG_FORMAT = "step_%08d"
 TAG_RE = re.compile(r"^step_(\d{8})$")
@@ -48,12 +50,15 @@ MODEL_CONFIG = "model_config.json"
 CLIENT_STATE = "client_state.json"
 RNG_DIR = "rng"
 UNIVERSAL_SUFFIX = "_universal"
+# Names this module creates besides the tags, each matched whole: retention deletes exactly these, never a user's
+# file or folder that merely starts alike (a "step_00000100_backup/" or ".trash-notes" stays).
+_UNIVERSAL_RE = re.compile(r"^step_\d{8}" + re.escape(UNIVERSAL_SUFFIX) + "$")
+_TRASH_RE = re.compile(r"^\.trash-step_\d{8}(" + re.escape(UNIVERSAL_SUFFIX) + r")?-\d+-\d+$")
+_CONVERTING_RE = re.compile(r"^\.tmp-universal-step_\d{8}-\d+$")
+_FAILED_RE = re.compile(r"^\.universal-failed-step_\d{8}$")
 # DeepSpeed names each data-parallel rank's shard "...zero_pp_rank_<R>_mp_rank_<MP>_<kind>_states.pt".
 _ZERO_RANK_RE = re.compile(r"zero_pp_rank_(\d+)_mp_rank_")
 _RNG_RE = re.compile(r"^rng/rank_(\d+)\.pt$")
-# Tests only: "SECONDS" or "SECONDS@STEP": sleep after this rank's files are on disk and before the barrier and
-# the marker (only when saving STEP, if given), so a test can kill -9 the ranks in the middle of a save.
-PAUSE_ENV = "CHECKPOINT_TEST_PAUSE_BEFORE_MARKER_S"
 # Seconds the other ranks wait for rank 0's universal conversion (a 7B model takes minutes on a shared FS).
 UNIVERSAL_WAIT_ENV = "CHECKPOINT_UNIVERSAL_TIMEOUT_S"
 _DEFAULT_UNIVERSAL_TIMEOUT_S = 3600.0
@@ -180,24 +185,6 @@ def find_resume_point(run_dir: str) -> ResumePoint | None:
 
 # ---------------------------------------------------------------------------------------------- file helpers
 
-def _fsync(path: str) -> None:
-    """Flush a file's data, or a directory's entries (a rename is durable only once its directory is synced)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    """Write to a temporary name, fsync, rename into place, fsync the directory: all or nothing."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync(os.path.dirname(path))
 
 
 def _rng_relpath(rank: int) -> str:
@@ -219,7 +206,7 @@ def _list_files(tag_dir: str) -> dict[str, int]:
     for root, _, names in os.walk(tag_dir):
         for name in names:
             rel = os.path.relpath(os.path.join(root, name), tag_dir).replace(os.sep, "/")
-            if rel == MARKER or ".tmp-" in name:
+            if rel == MARKER or TEMP_MARKER in name:
                 continue
             files[rel] = os.path.getsize(os.path.join(root, name))
     return dict(sorted(files.items()))
@@ -309,12 +296,21 @@ def _model_config_dict(engine, client_state: dict) -> dict:
     raise ValueError("save() needs the model's DecoderConfig: put client_state['model_config'] = cfg.to_dict()")
 
 
-def _test_pause(step: int) -> float:
-    value = os.environ.get(PAUSE_ENV, "")
-    if not value:
-        return 0.0
-    seconds, _, only_step = value.partition("@")
-    return float(seconds) if not only_step or int(only_step) == step else 0.0
+def _write_rank_files(engine, ckpt_dir: str, tag: str, state: dict, rank: int) -> None:
+    """This rank's part of a checkpoint, on disk and flushed: its DeepSpeed shards and RNG states (rank 0 also
+    DeepSpeed's shared files). Nothing marks the checkpoint complete yet."""
+    tag_dir = os.path.join(ckpt_dir, tag)
+    engine.save_checkpoint(ckpt_dir, tag=tag, client_state=state, save_latest=False)
+    rng_path = os.path.join(tag_dir, _rng_relpath(rank))
+    os.makedirs(os.path.dirname(rng_path), exist_ok=True)
+    tmp = temporary_name(rng_path)
+    torch.save(_rng_state(), tmp)
+    os.replace(tmp, rng_path)
+    # Each rank flushes its own shards (and rank 0 the shared files) before the barrier that precedes the marker.
+    for rel in _list_files(tag_dir):
+        m = _ZERO_RANK_RE.search(os.path.basename(rel)) or _RNG_RE.match(rel)
+        if (int(m.group(1)) if m else 0) == rank:
+            fsync_path(os.path.join(tag_dir, rel))
 
 
 def save(engine, run_dir: str, step: int, client_state: dict, keep_last: int) -> str:
@@ -352,33 +348,18 @@ def save(engine, run_dir: str, step: int, client_state: dict, keep_last: int) ->
     if action == "exists":
         return tag
 
-    engine.save_checkpoint(ckpt_dir, tag=tag, client_state=state, save_latest=False)
-
-    rng_path = os.path.join(tag_dir, _rng_relpath(rank))
-    os.makedirs(os.path.dirname(rng_path), exist_ok=True)
-    tmp = f"{rng_path}.tmp-{os.getpid()}"
-    torch.save(_rng_state(), tmp)
-    os.replace(tmp, rng_path)
-    # Each rank flushes its own shards (and rank 0 the shared files) before the barrier that precedes the marker.
-    for rel in _list_files(tag_dir):
-        m = _ZERO_RANK_RE.search(os.path.basename(rel)) or _RNG_RE.match(rel)
-        if (int(m.group(1)) if m else 0) == rank:
-            _fsync(os.path.join(tag_dir, rel))
-    pause = _test_pause(step)
-    if pause > 0:
-        print(f"checkpoint: {tag} shards written, pausing {pause}s before the marker ({PAUSE_ENV})", flush=True)
-        time.sleep(pause)
+    _write_rank_files(engine, ckpt_dir, tag, state, rank)
     _barrier()
 
     if rank == 0:
-        _atomic_write(os.path.join(tag_dir, CLIENT_STATE), state_json)
-        _atomic_write(os.path.join(tag_dir, MODEL_CONFIG), model_json)
+        write_atomic(os.path.join(tag_dir, CLIENT_STATE), state_json)
+        write_atomic(os.path.join(tag_dir, MODEL_CONFIG), model_json)
         for sub in {os.path.dirname(rel) for rel in _list_files(tag_dir)}:
-            _fsync(os.path.join(tag_dir, sub) if sub else tag_dir)
+            fsync_path(os.path.join(tag_dir, sub) if sub else tag_dir)
         marker = {"tag": tag, "step": int(step), "world_size": world_size, "zero_stage": state["zero_stage"],
                   "time": time.time(), "files": _list_files(tag_dir)}
-        _atomic_write(os.path.join(tag_dir, MARKER), json.dumps(marker, indent=2).encode())
-        _atomic_write(os.path.join(ckpt_dir, LATEST), tag.encode())
+        write_atomic(os.path.join(tag_dir, MARKER), json.dumps(marker, indent=2).encode())
+        write_atomic(os.path.join(ckpt_dir, LATEST), tag.encode())
         apply_retention(run_dir, keep_last, protect=tag)
     # Nobody returns (and possibly exits) before the checkpoint is committed.
     _barrier()
@@ -409,12 +390,15 @@ def apply_retention(run_dir: str, keep_last: int, protect: str | None = None) ->
     # Newer incomplete directories stay: a later save of that step removes and rewrites them.
     doomed += [tag for step, tag in incomplete if step < newest and tag != protect]
     for name in os.listdir(ckpt_dir):
-        if name.endswith(UNIVERSAL_SUFFIX) and name[:-len(UNIVERSAL_SUFFIX)] not in kept:
+        path = os.path.join(ckpt_dir, name)
+        if os.path.islink(path):
+            continue  # never ours: every name below is a directory or file this module created
+        if _UNIVERSAL_RE.match(name) and name[:-len(UNIVERSAL_SUFFIX)] not in kept:
             doomed.append(name)
-        elif name.startswith(".trash-") or name.startswith(".tmp-universal-"):
-            shutil.rmtree(os.path.join(ckpt_dir, name), ignore_errors=True)
-        elif name.startswith(FAILED_PREFIX):
-            os.remove(os.path.join(ckpt_dir, name))
+        elif (_TRASH_RE.match(name) or _CONVERTING_RE.match(name)) and os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        elif _FAILED_RE.match(name) and os.path.isfile(path):
+            os.remove(path)
     for name in doomed:
         if os.path.isdir(os.path.join(ckpt_dir, name)):
             _remove_dir(os.path.join(ckpt_dir, name))
@@ -463,12 +447,12 @@ def prepare_resume(point: ResumePoint | None, world_size: int, rank: int) -> dic
         try:
             _convert_to_universal(point.path, out)
         except BaseException as e:
-            _atomic_write(failed, f"{type(e).__name__}: {e}".encode())
+            write_atomic(failed, f"{type(e).__name__}: {e}".encode())
             raise
-        _atomic_write(os.path.join(out, MARKER), json.dumps({"source": point.tag,
+        write_atomic(os.path.join(out, MARKER), json.dumps({"source": point.tag,
                                                               "source_world_size": point.world_size}).encode())
         os.rename(out, final)
-        _fsync(ckpt_dir)
+        fsync_path(ckpt_dir)
         shutil.rmtree(work, ignore_errors=True)
     elif rank != 0:
         timeout = float(os.environ.get(UNIVERSAL_WAIT_ENV, _DEFAULT_UNIVERSAL_TIMEOUT_S))

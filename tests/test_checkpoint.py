@@ -22,6 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GLOBAL_BATCH = 4
 VOCAB = 64
 STAGE_ENV = "CKPT_TEST_ZERO_STAGE"  # the worker's ZeRO stage (default 3)
+PAUSE_ENV = "CKPT_TEST_PAUSE"  # "SECONDS[@STEP]": the worker pauses in its saves (tests/pause_in_save.py)
 
 
 # ---------------------------------------------------------------------------------------------------- worker
@@ -32,6 +33,12 @@ def _worker(run_dir: str, steps: int, save_every: int, keep: int) -> None:
     import torch
 
     from launch import checkpoint as ck
+
+    if os.environ.get(PAUSE_ENV):
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import pause_in_save
+
+        pause_in_save.install(os.environ[PAUSE_ENV])
 
     class Tiny(torch.nn.Module):
         def __init__(self):
@@ -283,6 +290,28 @@ def test_retention_skips_damaged_and_protects_the_new_tag(tmp_path):
     assert sorted(os.listdir(_ckpt(run_dir))) == ["step_00000010"]
 
 
+def test_retention_deletes_only_names_it_creates(tmp_path):
+    """Retention removes its own leftovers (trash, unfinished conversions, failure files, old universal
+    conversions) and never a user's file or folder whose name merely starts or ends alike."""
+    from launch import checkpoint as ck
+
+    run_dir = str(tmp_path)
+    for step in (2, 4, 6):
+        _fake_checkpoint(run_dir, step, world=2)
+    ours = ["step_00000002_universal", ".trash-step_00000001-123-456", ".tmp-universal-step_00000004-77"]
+    users = ["step_00000002_backup", "my_universal", ".trash-notes", ".tmp-universal-mine", "archive"]
+    for name in ours + users:
+        os.makedirs(_ckpt(run_dir, name, "inside"))
+    for name in [".universal-failed-step_00000004", ".universal-failed-notes.txt", "notes.txt"]:
+        with open(_ckpt(run_dir, name), "w") as f:
+            f.write("x")
+    ck.apply_retention(run_dir, keep_last=1, protect="step_00000006")
+    left = set(os.listdir(_ckpt(run_dir)))
+    assert set(users) | {".universal-failed-notes.txt", "notes.txt"} <= left, "a user's file was deleted"
+    assert not (set(ours) | {".universal-failed-step_00000004", "step_00000002", "step_00000004"}) & left
+    assert "step_00000006" in left
+
+
 def test_failed_universal_conversion_stops_waiting_ranks(tmp_path, monkeypatch):
     """Rank 0's failed conversion leaves a failure file: the other ranks raise at once instead of waiting for
     the timeout; a failure file from an earlier job is ignored (they wait, here until a 1 s timeout)."""
@@ -295,10 +324,10 @@ def test_failed_universal_conversion_stops_waiting_ranks(tmp_path, monkeypatch):
         ck.prepare_resume(point, world_size=3, rank=0)
     failed = _ckpt(run_dir, ck.FAILED_PREFIX + "step_00000004")
     assert os.path.isfile(failed) and not os.path.exists(_ckpt(run_dir, "step_00000004_universal"))
-    t0 = time.monotonic()
+    # Were the failure file ignored, the wait would end in a TimeoutError instead of this RuntimeError.
+    monkeypatch.setenv(ck.UNIVERSAL_WAIT_ENV, "30")
     with pytest.raises(RuntimeError, match="rank 0 failed to convert"):
         ck.prepare_resume(point, world_size=3, rank=1)
-    assert time.monotonic() - t0 < 5
     old = time.time() - 3600
     os.utime(failed, (old, old))
     monkeypatch.setenv(ck.UNIVERSAL_WAIT_ENV, "1")
@@ -318,7 +347,7 @@ def test_kill_during_save_then_bit_exact_resume(base_run, straight_run, tmp_path
 
     run_dir = _copy(base_run, tmp_path)
     os.makedirs(_ckpt(run_dir, "step_00000005"))  # a stale leftover, older than the newest complete checkpoint
-    procs = _start(run_dir, steps=8, save_every=2, env={ck.PAUSE_ENV: "120"})
+    procs = _start(run_dir, steps=8, save_every=2, env={PAUSE_ENV: "120"})
     partial = _ckpt(run_dir, "step_00000008")
     deadline = time.monotonic() + 180
     # Both ranks' shards and RNG files are on disk when they reach the pause before the barrier and marker.

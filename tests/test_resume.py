@@ -95,10 +95,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(data_dir, run_dir, sets=(), world=2, env=None, tag="run"):
+def _start(data_dir, run_dir, sets=(), world=2, env=None, tag="run", pause_in_save=None):
+    """Start `world` ranks of launch.train the way srun would; `pause_in_save` ("SECONDS@STEP") runs them through
+    tests/pause_in_save.py, which holds every rank inside that save, before the marker."""
     os.makedirs(run_dir, exist_ok=True)
     port = _free_port()
-    cmd = [sys.executable, "-m", "launch.train", "--data", data_dir, "--config", "launch/configs/tiny.json",
+    start = ["-m"] if pause_in_save is None else [os.path.join(ROOT, "tests", "pause_in_save.py"), pause_in_save]
+    cmd = [sys.executable, *start, "launch.train", "--data", data_dir, "--config", "launch/configs/tiny.json",
            "--ds-config", "ds_configs/zero3_bf16.json", "--out", run_dir]
     for s in [*COMMON_SETS, *sets]:
         cmd += ["--set", s]
@@ -212,7 +215,7 @@ def test_kill_during_save_then_bit_exact_resume(data_dir, reference, tmp_path):
 
     run_dir = str(tmp_path / "killed")
     # Checkpoints at 3 and 6; the save of step 6 pauses after every rank's files are written, before the marker.
-    procs = _start(data_dir, run_dir, ["checkpoint_every=3"], env={ck.PAUSE_ENV: "300@6"})
+    procs = _start(data_dir, run_dir, ["checkpoint_every=3"], pause_in_save="300@6")
     partial = _ckpt(run_dir, "step_00000006")
     _wait_for(lambda: all(os.path.exists(os.path.join(partial, "rng", f"rank_{r:05d}.pt")) for r in (0, 1)),
               procs, "the step-6 save")

@@ -43,8 +43,8 @@ from launch.config import (TrainConfig, deepspeed_config, load_config, merge_ds,
 from launch.data import RankLoader, SampleStream, open_split, rank_batch
 from launch.metrics import MetricsLogger
 from model.decoder import Decoder, DecoderConfig, count_params, flops_per_token
-from pipeline.manifest import MANIFEST_NAME, load_manifest
-from pipeline.shards import sha256_file
+from pipeline.files import atomic_open, write_atomic
+from pipeline.manifest import data_identity, load_manifest
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again"; SLURM scripts requeue on it
 
@@ -59,7 +59,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a run config key (dotted for model fields: model.n_layers=4); repeatable")
     p.add_argument("--allow-data-change", action="store_true",
-                   help="resume even though the tokenizer or data manifest differs from the checkpoint's")
+                   help="resume even though the tokenizer or a shard differs from the checkpoint's data")
+    p.add_argument("--allow-schedule-change", action="store_true",
+                   help="resume even though seed, steps, warmup_steps, lr or min_lr differ from the checkpoint's "
+                   "(each change is logged)")
     p.add_argument("--dist-timeout", type=float, default=1800.0,
                    help="seconds a collective may wait for a peer before the run fails (default 1800)")
     # DeepSpeed's launcher appends --local_rank=N; LOCAL_RANK in the environment says the same.
@@ -167,21 +170,29 @@ def build_model(model_cfg: DecoderConfig, ds: dict, seed: int) -> Decoder:
 # ------------------------------------------------------------------------------------------------ run dir
 
 def _write_json(path: str, obj: dict) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def data_hashes(data_dir: str, manifest: dict) -> dict:
-    return {"tokenizer_sha256": manifest["tokenizer"]["sha256"],
-            "manifest_sha256": sha256_file(os.path.join(data_dir, MANIFEST_NAME))}
+# Run-config keys that a resumed run must keep, unless --allow-schedule-change: the data order is a permutation
+# keyed by `seed` (changing it mid-epoch repeats some samples and skips others), and the learning rate is a pure
+# function of (step, lr, min_lr, warmup_steps, steps), so changing any of them bends the curve at the resume step.
+SCHEDULE_KEYS = ("seed", "steps", "warmup_steps", "lr", "min_lr")
+
+
+def data_hashes(manifest: dict) -> dict:
+    """What the checkpoint records of its data: the tokenizer, and the identity of tokenizer plus shards."""
+    return {"tokenizer_sha256": manifest["tokenizer"]["sha256"], "data_identity": data_identity(manifest)}
 
 
 def check_resume(point, cfg: TrainConfig, model_cfg: DecoderConfig, hashes: dict, allow_data_change: bool,
-                 run_dir: str) -> None:
-    """Refuse to continue a checkpoint with a different model, batch or (unless allowed) data."""
+                 run_dir: str, allow_schedule_change: bool = False) -> list[tuple[str, object, object]]:
+    """Refuse to continue a checkpoint with a different model or batch, or (unless allowed) different data or
+    schedule. Returns the allowed schedule changes as (key, checkpoint's value, new value), for the log.
+
+    Checkpoints written before the data identity existed hold `manifest_sha256` instead, a hash of the whole
+    manifest file; it is ignored (only the tokenizer is compared for them), since it also covered how the data
+    was prepared.
+    """
     where = f"resuming {point.path}"
     stored = point.client_state
     saved_model = dict(stored.get("model_config") or {})
@@ -199,9 +210,21 @@ def check_resume(point, cfg: TrainConfig, model_cfg: DecoderConfig, hashes: dict
                          f"{point.consumed_samples // max(point.step, 1)}")
     for key, value in hashes.items():
         if stored.get(key) not in (None, value) and not allow_data_change:
-            raise ValueError(f"{where}: {key} of the data directory ({value[:12]}...) differs from the checkpoint's "
-                             f"({stored[key][:12]}...); the run would continue on different data. Pass "
+            what = "tokenizer" if key == "tokenizer_sha256" else "tokenizer or shards (their checksums)"
+            raise ValueError(f"{where}: the {what} of the data directory ({key} {value[:12]}...) differ from the "
+                             f"checkpoint's ({stored[key][:12]}...); the run would continue on different data. Pass "
                              "--allow-data-change to do so deliberately, or point --data at the original directory")
+    saved_train = stored.get("train_config") or {}
+    ours_train = cfg.to_dict()
+    changed = [(k, saved_train[k], ours_train[k]) for k in SCHEDULE_KEYS
+               if k in saved_train and saved_train[k] != ours_train[k]]
+    if changed and not allow_schedule_change:
+        listed = ", ".join(f"{k}: checkpoint {old!r}, now {new!r}" for k, old, new in changed)
+        raise ValueError(f"{where}: the schedule differs from the checkpoint's ({listed}); a changed seed re-keys the "
+                         "data order mid-epoch and the others bend the learning-rate curve. Resume with the "
+                         "checkpoint's values (drop those --set overrides), or pass --allow-schedule-change to "
+                         "continue with the new ones deliberately")
+    return changed
 
 
 def prepare_run_dir(run_dir: str, data_dir: str, manifest: dict, cfg: TrainConfig, model_cfg: DecoderConfig,
@@ -214,9 +237,8 @@ def prepare_run_dir(run_dir: str, data_dir: str, manifest: dict, cfg: TrainConfi
     _write_json(os.path.join(run_dir, "ds_config.json"), ds)
     src = os.path.join(data_dir, manifest["tokenizer"]["path"])
     if os.path.isfile(src):
-        tmp = os.path.join(run_dir, f"tokenizer.model.tmp-{os.getpid()}")
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, os.path.join(run_dir, "tokenizer.model"))
+        with open(src, "rb") as f_in, atomic_open(os.path.join(run_dir, "tokenizer.model")) as f_out:
+            shutil.copyfileobj(f_in, f_out)
     else:
         print(f"warning: {src} not found; export and generation will need --tokenizer", flush=True)
 
@@ -353,10 +375,14 @@ def main(argv=None) -> int:
         except ValueError as e:
             raise ValueError(f"{e}; or disable validation with --set eval_every=0") from e
     ds = deepspeed_config(cfg, args.ds_config, world_size, args.out, where=args.config)
-    hashes = data_hashes(args.data, manifest)
+    hashes = data_hashes(manifest)
     point = find_resume_point(args.out)
     if point is not None:
-        check_resume(point, cfg, model_cfg, hashes, args.allow_data_change, args.out)
+        changed = check_resume(point, cfg, model_cfg, hashes, args.allow_data_change, args.out,
+                               args.allow_schedule_change)
+        if rank == 0 and changed:
+            print("resuming with a changed schedule (--allow-schedule-change): "
+                  + ", ".join(f"{k} {old!r} -> {new!r}" for k, old, new in changed), flush=True)
     ds = merge_ds(ds, prepare_resume(point, world_size, rank))
 
     import deepspeed

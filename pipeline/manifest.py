@@ -86,6 +86,20 @@ def shard_prefixes(manifest: dict, data_dir: str, split: str) -> list[str]:
     return prefixes
 
 
+def data_identity(manifest: dict) -> str:
+    """What makes two data directories the same training data: the tokenizer's sha256 and every shard's path and
+    checksums, in manifest order (the order the trainer concatenates them), as one sha256.
+
+    Nothing else counts: how the data was prepared (worker count, runner, Beam flags, timings) may differ between
+    two preparations of byte-identical shards, and a training run resumes on either.
+    """
+    import hashlib
+
+    parts = [manifest["tokenizer"]["sha256"]]
+    parts += [f"{s['split']}:{s['path']}:{s['sha256_bin']}:{s['sha256_idx']}" for s in manifest["shards"]]
+    return hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()
+
+
 def manifest_json(manifest: dict, where: str = MANIFEST_NAME) -> str:
     """The checked, canonical text of a manifest (for writers that go through Beam's FileSystems)."""
     _check(manifest, where)

@@ -20,7 +20,7 @@ import torch
 
 from launch.config import config_from_dict
 from model.decoder import Decoder, DecoderConfig
-from pipeline.manifest import write_manifest
+from pipeline.manifest import data_identity, write_manifest
 from pipeline.shards import sha256_file, write_shard
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -128,12 +128,10 @@ def test_zero3_two_processes_train_and_log(zero3_run):
     out, proc = zero3_run
     steps, evals = _metrics(out)
     assert [x["step"] for x in steps] == list(range(1, STEPS + 1))
-    cfg = config_from_dict(json.load(open(os.path.join(out, "config.json"))))
     for x in steps:
         assert {"step", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "mem_gb", "time"} <= set(x)
         assert "mfu" not in x  # no known peak on CPU: omitted, not faked
         assert x["tokens"] == x["step"] * GLOBAL_BATCH * SEQ_LEN
-        assert x["lr"] == pytest.approx(cfg.lr_at(x["step"] - 1))
         assert x["tokens_per_s"] > 0 and x["grad_norm"] > 0
     losses = [x["loss"] for x in steps]
     assert losses[0] == pytest.approx(np.log(VOCAB), abs=0.3)  # starts near uniform
@@ -158,7 +156,7 @@ def test_zero3_run_directory_layout(zero3_run, data_dir):
         assert os.path.isfile(os.path.join(ckpt, tag, "COMPLETE"))
     state = json.load(open(os.path.join(ckpt, "step_00000010", "client_state.json")))
     assert (state["step"], state["consumed_samples"], state["world_size"], state["zero_stage"]) == (10, 80, 2, 3)
-    assert state["manifest_sha256"] == sha256_file(os.path.join(data_dir, "manifest.json"))
+    assert state["data_identity"] == data_identity(json.load(open(os.path.join(data_dir, "manifest.json"))))
     assert state["tokenizer_sha256"] == sha256_file(os.path.join(data_dir, "tokenizer.model"))
     assert state["train_config"]["global_batch"] == GLOBAL_BATCH and state["ds_config"]["train_batch_size"] == 8
     assert json.load(open(os.path.join(ckpt, "step_00000010", "model_config.json")))["vocab_size"] == VOCAB
@@ -226,25 +224,38 @@ def test_zero_stages_0_1_2_match_zero3(stage, data_dir, zero3_run, tmp_path):
     assert os.path.isfile(os.path.join(out, "checkpoints", "step_00000004", "COMPLETE"))  # final save
 
 
+def _csv(path) -> list[tuple[int, float]]:
+    rows = open(path).read().split()
+    return [(int(r.split(",")[0]), float(r.split(",")[1])) for r in rows[1:]]
+
+
 def test_single_plain_process(data_dir, zero3_run, tmp_path):
     """No launcher and no distributed variables: one process, world size 1, same global batch. It also runs
-    the monitor variant of the ZeRO-3 config: DeepSpeed's CSV monitor gets our loss and gradient norm."""
+    the monitor variant of the ZeRO-3 config: DeepSpeed's CSV monitor gets our loss and gradient norm, and
+    records the learning rate the ZeRO-3 optimizer actually held at each step."""
     out = str(tmp_path / "run")
     monitor = os.path.join(ROOT, "ds_configs", "zero3_bf16_monitor.json")
     proc = subprocess.run([sys.executable, *_train_args(data_dir, out, ds=monitor, extra=[
-        "--set", "steps=2", "--set", "eval_every=0", "--set", "checkpoint_every=0"])],
+        "--set", "steps=6", "--set", "eval_every=0", "--set", "checkpoint_every=0"])],
         env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT)
     _check(proc)
     ours = [x["loss"] for x in _metrics(out)[0]]
     ref = [x["loss"] for x in _metrics(zero3_run[0])[0]][:2]
-    assert np.allclose(ours, ref, atol=0.05), (ours, ref)
-    state = json.load(open(os.path.join(out, "checkpoints", "step_00000002", "client_state.json")))
-    assert state["world_size"] == 1 and state["consumed_samples"] == 2 * GLOBAL_BATCH
+    assert np.allclose(ours[:2], ref, atol=0.05), (ours, ref)  # warmup: the same LR as the 10-step run
+    state = json.load(open(os.path.join(out, "checkpoints", "step_00000006", "client_state.json")))
+    assert state["world_size"] == 1 and state["consumed_samples"] == 6 * GLOBAL_BATCH
     csv_dir = os.path.join(out, "monitor", "train")  # output_path defaults into the run directory
-    rows = open(os.path.join(csv_dir, "Train_Samples_train_loss.csv")).read().split()
-    assert rows[0] == "step,train_loss" and [float(r.split(",")[1]) for r in rows[1:]] == pytest.approx(ours)
-    assert [int(r.split(",")[0]) for r in rows[1:]] == [GLOBAL_BATCH, 2 * GLOBAL_BATCH]  # x axis: samples
+    assert open(os.path.join(csv_dir, "Train_Samples_train_loss.csv")).readline().strip() == "step,train_loss"
+    losses = _csv(os.path.join(csv_dir, "Train_Samples_train_loss.csv"))
+    assert [v for _, v in losses] == pytest.approx(ours)
+    assert [x for x, _ in losses] == [k * GLOBAL_BATCH for k in range(1, 7)]  # x axis: samples
     assert os.path.isfile(os.path.join(csv_dir, "Train_Samples_grad_norm.csv"))
+    # tiny.json: lr 3e-3, min_lr 3e-4, warmup 4 steps; here 6 steps. Warmup is (step + 1) / 4 of lr, then cosine
+    # from lr to min_lr over the remaining 2 steps: cos(0) at step 4, cos(pi / 2) at step 5 (0-based).
+    expected = [0.00075, 0.0015, 0.00225, 0.003, 0.003, 0.0003 + 0.5 * (0.003 - 0.0003)]
+    used = _csv(os.path.join(csv_dir, "Train_Samples_lr.csv"))  # DeepSpeed reads the optimizer's param groups
+    assert [v for _, v in used] == pytest.approx(expected, rel=1e-6)
+    assert [x["lr"] for x in _metrics(out)[0]] == pytest.approx(expected, rel=1e-6)
 
 
 # --------------------------------------------------------------------------------------- stop and resume
@@ -305,8 +316,9 @@ def test_sigusr1_on_one_rank_checkpoints_exits_75_and_resumes_bit_exact(data_dir
     assert evals == ref_evals
 
 
-def test_resume_refuses_other_data_or_model(data_dir, zero3_run, tmp_path, monkeypatch):
-    """Checked from the checkpoint files before any process group starts."""
+def test_resume_refuses_other_data_model_or_schedule(data_dir, zero3_run, tmp_path, monkeypatch):
+    """Checked from the checkpoint files before any process group starts: another shard, model, batch size or
+    schedule is refused with the key, the checkpoint's value and the override."""
     from launch.train import main
 
     for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
@@ -318,12 +330,35 @@ def test_resume_refuses_other_data_or_model(data_dir, zero3_run, tmp_path, monke
     other = str(tmp_path / "other-data")
     shutil.copytree(data_dir, other)
     manifest = json.load(open(os.path.join(other, "manifest.json")))
-    manifest["config"] = {"note": "a different preparation run"}
+    manifest["shards"][-1]["sha256_idx"] = "0" * 64  # as if one shard had been prepared differently
     write_manifest(other, manifest)
-    with pytest.raises(ValueError, match="manifest_sha256.*--allow-data-change"):
+    with pytest.raises(ValueError, match="tokenizer or shards.*--allow-data-change"):
         main(_train_args(other, out, extra=COMMON)[2:])
+    for key, value in (("lr", "0.5"), ("seed", "7"), ("steps", "20"), ("warmup_steps", "1"), ("min_lr", "0.0")):
+        with pytest.raises(ValueError, match=rf"{key}: checkpoint .*now .*--allow-schedule-change"):
+            main(_train_args(data_dir, out, extra=[*COMMON, "--set", f"{key}={value}"])[2:])
     with pytest.raises(ValueError, match=r"model differs.*n_layers"):
         main(_train_args(data_dir, out, extra=[*COMMON, "--set", "model.n_layers=2"])[2:])
     with pytest.raises(ValueError, match="global_batch=8"):
         main(_train_args(data_dir, out, extra=[*COMMON, "--set", "global_batch=16"])[2:])
     assert not torch.distributed.is_initialized() and sorted(os.listdir(out)) == before
+
+
+def test_resume_accepts_the_same_data_prepared_differently_and_allowed_schedule_changes(data_dir, zero3_run,
+                                                                                      tmp_path):
+    """The data identity is the tokenizer plus every shard's checksums: a manifest that differs only in how the
+    data was prepared (Beam flags, worker count) resumes. --allow-schedule-change lets a changed key through and
+    reports it."""
+    from launch.checkpoint import find_resume_point
+    from launch.config import load_config
+    from launch.train import check_resume, data_hashes
+
+    point = find_resume_point(zero3_run[0])
+    manifest = json.load(open(os.path.join(data_dir, "manifest.json")))
+    manifest["config"] = dict(manifest.get("config", {}), beam_args=["--direct_num_workers", "7"])
+    cfg = load_config(TINY, [f"steps={STEPS}", "checkpoint_every=5", "eval_every=5"])
+    model_cfg = cfg.decoder_config(VOCAB)
+    assert check_resume(point, cfg, model_cfg, data_hashes(manifest), False, zero3_run[0]) == []
+    longer = load_config(TINY, [f"steps={2 * STEPS}", "checkpoint_every=5", "eval_every=5"])
+    assert check_resume(point, longer, model_cfg, data_hashes(manifest), False, zero3_run[0],
+                        allow_schedule_change=True) == [("steps", STEPS, 2 * STEPS)]

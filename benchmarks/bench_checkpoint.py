@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,8 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from launch.processes import free_port  # noqa: E402
 
 VOCAB = 32000
 SEQ_LEN = 256
@@ -157,15 +158,9 @@ def worker(args) -> None:
     torch.distributed.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(world: int, worker_args: list[str], log_dir: str) -> dict:
     """Run `world` ranks of this script's worker; returns rank 0's RESULT dict."""
-    port = _free_port()
+    port = free_port()
     procs, logs = [], []
     for rank in range(world):
         env = dict(os.environ, DS_ACCELERATOR="cpu", RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),

@@ -20,7 +20,6 @@ is reported (ideal 0.5). The parent prints a markdown table and the load average
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,15 +28,11 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from launch.processes import free_port  # noqa: E402
+
 TINY = os.path.join(ROOT, "launch", "configs", "tiny.json")
 ZERO3 = os.path.join(ROOT, "ds_configs", "zero3_bf16.json")
 VOCAB = 8000
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _tensor_bytes(t) -> int:
@@ -152,7 +147,7 @@ def _run(args, mode: str, world: int) -> dict:
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
     env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
-    port = str(_free_port())
+    port = str(free_port())
     argv = [sys.executable, os.path.abspath(__file__), "--worker", mode, "--d-model", str(args.d_model),
             "--layers", str(args.layers), "--steps", str(args.steps), "--seq-len", str(args.seq_len),
             "--global-batch", str(args.global_batch)]

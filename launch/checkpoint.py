@@ -97,6 +97,13 @@ def _warn(msg: str) -> None:
     warnings.warn(msg, CheckpointWarning, stacklevel=3)
 
 
+def is_own_entry(name: str) -> bool:
+    """Whether ``name``, an entry of RUN_DIR/checkpoints/, is one this module creates (everything inside such a
+    directory is then its own or DeepSpeed's)."""
+    return bool(name == LATEST or TAG_RE.match(name) or _UNIVERSAL_RE.match(name) or _TRASH_RE.match(name)
+                or _CONVERTING_RE.match(name) or _FAILED_RE.match(name))
+
+
 def _tag_dirs(ckpt_dir: str) -> list[tuple[int, str]]:
     """(step, tag) of every directory named like a tag, newest first."""
     if not os.path.isdir(ckpt_dir):
@@ -517,6 +524,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir")
     args = parser.parse_args(argv)
+    if not os.path.isdir(args.run_dir):
+        print(f"error: {args.run_dir} is not a directory; pass a run directory (launch.train --out)", file=sys.stderr)
+        return 2
     point = find_resume_point(args.run_dir)
     if point is None:
         print(f"{args.run_dir}: no complete checkpoint (training would start from scratch)")

@@ -297,8 +297,12 @@ def main(argv=None) -> int:
     parser.add_argument("--vocab-size", type=int, default=32000, help="stand-in for the data's vocabulary")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.set)
-    ds = deepspeed_config(cfg, args.ds_config, args.world_size, where=args.config)
+    try:
+        cfg = load_config(args.config, args.set)
+        ds = deepspeed_config(cfg, args.ds_config, args.world_size, where=args.config)
+    except (ValueError, FileNotFoundError) as e:  # the config mistakes this command exists to find
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(json.dumps({"train": cfg.to_dict(), "model": cfg.decoder_config(args.vocab_size).to_dict(),
                       "deepspeed": ds}, indent=2))
     return 0

@@ -25,9 +25,8 @@ import argparse
 import json
 import math
 import os
-import shutil
+import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,15 +34,21 @@ import time
 
 import torch
 
+from launch import checkpoint
 from launch.config import load_config
 from launch.metrics import read_metrics
+from launch.processes import EXIT_PREEMPTED, free_port
+from pipeline import layout
 from pipeline.manifest import load_manifest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXIT_PREEMPTED = 75  # launch.train's status after a requested stop (checkpoint saved; rerun to continue)
-# What an earlier quickstart left in OUT; --overwrite removes exactly these.
-OUTPUTS = ("data", "hf", "logs", "checkpoints", "metrics.jsonl", "config.json", "ds_config.json", "tokenizer.model",
-           "report.md", "report.json", "loss.png")
+# What an earlier quickstart left in OUT; --overwrite removes exactly these (is_own_file says what inside).
+OUTPUT_DIRS = ("data", "hf", "hf.partial", "logs", "checkpoints")
+OUTPUTS = OUTPUT_DIRS + ("metrics.jsonl", "config.json", "ds_config.json", "tokenizer.model", "report.md",
+                         "report.json", "loss.png")
+HF_FILES = ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+            "special_tokens_map.json", "chat_template.jinja", "EXPORT_FAILED.txt")
+LOG_RE = re.compile(r"prepare\.log|train-[a-z0-9]+-rank\d+\.log")
 LOSS_DROP = 0.10  # the check that training learned: the final loss is at least this fraction below the initial
 PROMPTS = ["The function returns", "This module provides", "If the file does not exist,"]
 
@@ -76,29 +81,60 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def is_own_file(rel: str) -> bool:
+    """Whether the file ``rel`` (relative to --out, "/" separators) is one a quickstart writes: its own files, what
+    pipeline.prepare writes in data/ (pipeline.layout), what the trainer writes in checkpoints/, the export's
+    files in hf/ (or hf.partial/), and its logs."""
+    top, _, rest = rel.partition("/")
+    if not rest:
+        return top in OUTPUTS and top not in OUTPUT_DIRS
+    if top == "data":
+        return layout.is_output(rest)
+    if top == "checkpoints":
+        return checkpoint.is_own_entry(rest.split("/")[0])
+    if top in ("hf", "hf.partial"):
+        return rest in HF_FILES
+    return top == "logs" and LOG_RE.fullmatch(rest) is not None
+
+
+def is_own_folder(rel: str) -> bool:
+    """Whether the folder ``rel`` (relative to --out) is one a quickstart (or a stage it runs) creates."""
+    top, _, rest = rel.partition("/")
+    if not rest:
+        return top in OUTPUT_DIRS
+    if top == "data":
+        return layout.is_output_dir(rest)
+    return top == "checkpoints" and checkpoint.is_own_entry(rest.split("/")[0])
+
+
 def check_out_dir(out: str, overwrite: bool) -> None:
-    """Refuse to mix two runs in one directory (training would resume the old one); --overwrite clears ours."""
+    """Refuse to mix two runs in one directory (training would resume the old one); --overwrite removes exactly
+    the files a quickstart writes, and refuses, before removing anything, when --out holds any other file."""
     if not os.path.isdir(out):
         return
-    ours = [name for name in OUTPUTS if os.path.exists(os.path.join(out, name))]
-    others = sorted(set(os.listdir(out)) - set(OUTPUTS))
+    files, folders = [], []
+    for directory, subdirs, names in os.walk(out):  # links are listed as files: removed, never followed
+        rel = os.path.relpath(directory, out).replace(os.sep, "/")
+        prefix = "" if rel == "." else rel + "/"
+        links = [d for d in subdirs if os.path.islink(os.path.join(directory, d))]
+        subdirs[:] = [d for d in subdirs if d not in links]
+        files += [prefix + n for n in names + links]
+        folders += [prefix + d for d in subdirs]
+    ours = sorted({p.split("/")[0] for p in files + folders} & set(OUTPUTS))
     if not ours:
         return
     if not overwrite:
         raise ValueError(f"--out {out} already holds a quickstart ({', '.join(ours)}); pass --overwrite to replace "
                          f"it, or pick another --out")
-    if others:
-        raise ValueError(f"--out {out} also holds {others[:5]}, which this tool did not write; not overwriting "
-                         f"-- pick another --out")
-    for name in ours:
-        path = os.path.join(out, name)
-        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    foreign = sorted(p for p in files if not is_own_file(p))
+    foreign += sorted(d for d in folders if not is_own_folder(d))
+    if foreign:
+        raise ValueError(f"--out {out} holds {', '.join(foreign[:5])}, which a quickstart did not write; "
+                         "--overwrite removes only a quickstart's own files: move them, or pick another --out")
+    for rel in files:
+        os.remove(os.path.join(out, *rel.split("/")))
+    for rel in sorted(folders, key=lambda d: -d.count("/")):  # deepest first: each is empty by its turn
+        os.rmdir(os.path.join(out, *rel.split("/")))
 
 
 def say(msg: str) -> None:

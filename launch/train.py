@@ -29,10 +29,10 @@ import os
 import random
 import shutil
 import signal
-import socket
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -42,11 +42,11 @@ from launch.config import (TrainConfig, deepspeed_config, load_config, merge_ds,
                            zero_stage)
 from launch.data import RankLoader, SampleStream, open_split, rank_batch
 from launch.metrics import MetricsLogger
+from launch.processes import EXIT_PREEMPTED, EXIT_USAGE, distributed_env
 from model.decoder import Decoder, DecoderConfig, count_params, flops_per_token
 from pipeline.files import atomic_open, write_atomic
 from pipeline.manifest import data_identity, load_manifest
 
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again"; SLURM scripts requeue on it
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -68,41 +68,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     # DeepSpeed's launcher appends --local_rank=N; LOCAL_RANK in the environment says the same.
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
-
-
-# ----------------------------------------------------------------------------------------------- environment
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def distributed_env(environ=os.environ) -> tuple[int, int, int]:
-    """(rank, local_rank, world_size), filling the torch.distributed variables in `environ` where missing.
-
-    torchrun and DeepSpeed's launcher set RANK/LOCAL_RANK/WORLD_SIZE/MASTER_*; under srun they come from
-    SLURM's variables (MASTER_ADDR/MASTER_PORT must be exported by the caller); with none of them this is a
-    single plain process on a free local port.
-    """
-    if "RANK" not in environ and "SLURM_PROCID" in environ:
-        environ["RANK"] = environ["SLURM_PROCID"]
-        environ["LOCAL_RANK"] = environ.get("SLURM_LOCALID", "0")
-        environ["WORLD_SIZE"] = environ.get("SLURM_STEP_NUM_TASKS", environ.get("SLURM_NTASKS", "1"))
-        missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in environ]
-        if missing and environ["WORLD_SIZE"] != "1":
-            raise ValueError(f"running under SLURM without {missing}: export MASTER_ADDR=$(scontrol show hostnames "
-                             "\"$SLURM_JOB_NODELIST\" | head -n1) and MASTER_PORT=<free port> before srun "
-                             "(launch/slurm.sh does this)")
-    if "RANK" not in environ:
-        environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
-    if "WORLD_SIZE" not in environ:
-        raise ValueError("RANK is set but WORLD_SIZE is not: start with torchrun, deepspeed or srun, or unset RANK")
-    environ.setdefault("LOCAL_RANK", "0")
-    if environ["WORLD_SIZE"] == "1":
-        environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        environ.setdefault("MASTER_PORT", str(_free_port()))
-    return int(environ["RANK"]), int(environ["LOCAL_RANK"]), int(environ["WORLD_SIZE"])
 
 
 def seed_everything(seed: int) -> None:
@@ -275,7 +240,6 @@ def train(args, cfg: TrainConfig, model_cfg: DecoderConfig, ds: dict, point, has
     model = build_model(model_cfg, ds, cfg.seed)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=build_optimizer(
         param_groups(model, cfg.weight_decay), cfg, ds), config=ds)
-    device = engine.device
     if rank == 0:
         print(f"model: {count_params(model_cfg) / 1e6:.2f}M params | world {world_size} | ZeRO-{zero_stage(ds)} | "
               f"global batch {cfg.global_batch} x {cfg.seq_len} tokens | micro {cfg.micro_batch} x "
@@ -358,12 +322,27 @@ def _loop(args, cfg, engine, ds, train_stream, val_stream, metrics, stop, client
     return 0
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    # DeepSpeed's ZeRO calls a torch collective that torch has renamed; the warning repeats every step.
-    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
+@dataclass
+class RunPlan:
+    """Everything launch.train decides before any process group exists (plan_run)."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    cfg: TrainConfig
+    manifest: dict
+    model_cfg: DecoderConfig
+    train_stream: SampleStream
+    val_stream: SampleStream | None
+    ds: dict
+    hashes: dict
+    point: object  # launch.checkpoint.ResumePoint or None
+
+
+def plan_run(args: argparse.Namespace) -> RunPlan:
+    """Read and check the configs, the data and the checkpoint to resume from. Every mistake a user can make in
+    them raises ValueError or FileNotFoundError here, on every rank, before any process group or file exists."""
     rank, local_rank, world_size = distributed_env()
-    # Everything that can be wrong with the configs or the data fails here, before any process group exists.
     cfg = load_config(args.config, args.set)
     manifest = load_manifest(args.data)
     model_cfg = cfg.decoder_config(int(manifest["tokenizer"]["vocab_size"]))
@@ -383,7 +362,23 @@ def main(argv=None) -> int:
         if rank == 0 and changed:
             print("resuming with a changed schedule (--allow-schedule-change): "
                   + ", ".join(f"{k} {old!r} -> {new!r}" for k, old, new in changed), flush=True)
-    ds = merge_ds(ds, prepare_resume(point, world_size, rank))
+    return RunPlan(rank, local_rank, world_size, cfg, manifest, model_cfg, train_stream, val_stream, ds, hashes,
+                   point)
+
+
+def main(argv=None) -> int:
+    """A usage, config or data mistake prints `error: ...` and exits 2 before training starts; a failure during
+    training (a bug, a lost peer, a full disk) keeps its traceback."""
+    args = parse_args(argv)
+    # DeepSpeed's ZeRO calls a torch collective that torch has renamed; the warning repeats every step.
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
+    try:
+        plan = plan_run(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
+    rank, world_size = plan.rank, plan.world_size
+    ds = merge_ds(plan.ds, prepare_resume(plan.point, world_size, rank))
 
     import deepspeed
     from deepspeed.accelerator import get_accelerator
@@ -392,7 +387,7 @@ def main(argv=None) -> int:
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     accel = get_accelerator()
     if accel.device_name() == "cuda":
-        torch.cuda.set_device(local_rank)
+        torch.cuda.set_device(plan.local_rank)
         backend = "nccl"
     elif accel.device_name() == "cpu":
         backend = "gloo"  # the CPU accelerator may name "ccl" (oneCCL); gloo ships with every torch
@@ -403,9 +398,10 @@ def main(argv=None) -> int:
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
                                    timeout=datetime.timedelta(seconds=args.dist_timeout))
         if rank == 0:
-            prepare_run_dir(args.out, args.data, manifest, cfg, model_cfg, ds)
+            prepare_run_dir(args.out, args.data, plan.manifest, plan.cfg, plan.model_cfg, ds)
         torch.distributed.barrier()
-        return train(args, cfg, model_cfg, ds, point, hashes, rank, world_size, train_stream, val_stream)
+        return train(args, plan.cfg, plan.model_cfg, ds, plan.point, plan.hashes, rank, world_size,
+                     plan.train_stream, plan.val_stream)
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

@@ -24,6 +24,7 @@ import glob
 import json
 import os
 import shutil
+import sys
 
 import torch
 
@@ -345,8 +346,12 @@ def main(argv=None) -> int:
                    help="SentencePiece tokenizer.model (default: RUN_DIR/tokenizer.model, or next to FILE.pt)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="dtype of saved weights")
     args = p.parse_args(argv)
-    result = export(args.checkpoint, args.out, tag=args.tag, tokenizer=args.tokenizer,
-                    dtype=getattr(torch, args.dtype))
+    try:
+        result = export(args.checkpoint, args.out, tag=args.tag, tokenizer=args.tokenizer,
+                        dtype=getattr(torch, args.dtype))
+    except (ValueError, FileNotFoundError) as e:  # a missing or mismatched checkpoint, a failed check
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"exported to {result['out']} ({result['dtype']}); logits max abs diff vs transformers "
           f"{result['max_abs_diff']:.2e} (<= {LOGITS_TOLERANCE}); tokenizer "
           f"{'checked' if result['tokenizer'] else 'not included (pass --tokenizer)'}")

@@ -13,6 +13,8 @@ sequence counts rotary positions from its own first token, so a prompt decodes t
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 import torch
 
@@ -120,15 +122,21 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     import sentencepiece as spm
-    cfg, state, tokenizer = load_checkpoint(args.checkpoint, args.tag)
-    tokenizer = args.tokenizer or tokenizer
-    if tokenizer is None:
-        raise FileNotFoundError(f"no tokenizer.model found for {args.checkpoint}; pass --tokenizer PATH")
-    sp = spm.SentencePieceProcessor(model_file=tokenizer)
-    model = build_model(cfg, state).to(device=args.device, dtype=getattr(torch, args.dtype))
-    prompts = [[sp.eos_id()] + sp.encode(text) for text in args.prompt]
-    outputs = generate(model, prompts, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                       top_p=args.top_p, eos_id=sp.eos_id(), seed=args.seed)
+    try:  # a missing checkpoint or tokenizer, a prompt longer than the context, a bad sampling setting
+        cfg, state, tokenizer = load_checkpoint(args.checkpoint, args.tag)
+        tokenizer = args.tokenizer or tokenizer
+        if tokenizer is None:
+            raise FileNotFoundError(f"no tokenizer.model found for {args.checkpoint}; pass --tokenizer PATH")
+        if not os.path.isfile(tokenizer):
+            raise FileNotFoundError(f"--tokenizer {tokenizer} does not exist; pass a SentencePiece .model file")
+        sp = spm.SentencePieceProcessor(model_file=tokenizer)
+        model = build_model(cfg, state).to(device=args.device, dtype=getattr(torch, args.dtype))
+        prompts = [[sp.eos_id()] + sp.encode(text) for text in args.prompt]
+        outputs = generate(model, prompts, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                           top_p=args.top_p, eos_id=sp.eos_id(), seed=args.seed)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     for prompt, new in zip(prompts, outputs):
         # Decode prompt and continuation together: SentencePiece drops the leading space of a lone fragment.
         print(sp.decode([t for t in prompt[1:] + new if t != sp.eos_id()]))

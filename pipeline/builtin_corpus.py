@@ -176,6 +176,8 @@ def main(argv=None) -> None:
     parser.add_argument("--site-packages", action="store_true",
                         help="also take docstrings of installed packages, to reach a larger --max-mb")
     args = parser.parse_args(argv)
+    if args.max_mb is not None and args.max_mb <= 0:
+        parser.error(f"--max-mb {args.max_mb}: use a positive number of MB")  # "error: ..." and exit 2
     max_bytes = None if args.max_mb is None else int(args.max_mb * 1e6)
     paths = write_builtin_corpus(args.out, max_bytes=max_bytes, include_site_packages=args.site_packages)
     documents = text_bytes = 0

@@ -29,6 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run directly: sudo python tests/slurm_cluster.py
+from launch.processes import free_port  # noqa: E402
+
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "sinfo", "squeue", "scancel", "srun")
 HOSTS_FILE = "/etc/hosts"
 HOSTS_MARK = "# SLURM test cluster nodes (tests/slurm_cluster.py)"
@@ -46,12 +49,6 @@ def unavailable_reason() -> str | None:
     if not os.path.isfile("/etc/munge/munge.key"):
         return "no /etc/munge/munge.key: run `sudo bash scripts/install_slurm.sh`"
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ensure_resolvable(names: list[str]) -> None:

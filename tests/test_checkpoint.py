@@ -11,12 +11,13 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
+
+from launch.processes import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GLOBAL_BATCH = 4
@@ -92,16 +93,10 @@ def _worker(run_dir: str, steps: int, save_every: int, keep: int) -> None:
 
 # ---------------------------------------------------------------------------------------------------- driver
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start(run_dir, steps, save_every, keep=2, world=2, env=None):
     """Start `world` ranks of the worker the way srun would (env vars, no launcher); returns the Popens."""
     os.makedirs(run_dir, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     procs = []
     for rank in range(world):
         e = dict(os.environ, DS_ACCELERATOR="cpu", RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),

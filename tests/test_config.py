@@ -239,7 +239,7 @@ def test_missing_val_split_says_how_to_disable_eval(single_process_env, small_da
 
 
 def test_distributed_env_mapping():
-    from launch.train import distributed_env
+    from launch.processes import distributed_env
 
     slurm = {"SLURM_PROCID": "3", "SLURM_LOCALID": "1", "SLURM_NTASKS": "4", "MASTER_ADDR": "node1",
              "MASTER_PORT": "29500"}

@@ -5,7 +5,6 @@
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import textwrap
@@ -17,6 +16,7 @@ from model.decoder import Decoder, DecoderConfig
 from model.export import export, load_checkpoint, main
 from model.generate import generate
 
+from launch.processes import free_port  # noqa: E402
 from references import require  # noqa: E402
 transformers = require("transformers")
 spm = require("sentencepiece")
@@ -259,9 +259,7 @@ def test_real_zero3_checkpoint_round_trip(tmp_path, tokenizer_path):
     require("deepspeed")
     run = tmp_path / "run"
     run.mkdir()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = dict(os.environ, DS_ACCELERATOR="cpu", PYTHONPATH=ROOT)
     proc = subprocess.run([sys.executable, "-c", DEEPSPEED_SAVE, str(run), str(port)], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=300)

@@ -94,3 +94,38 @@ def test_config_mistakes_fail_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="--stop-at"):
         quickstart.main(["--out", str(out), "--stop-at", "1.5"])
     assert not (out / "data").exists(), "nothing was prepared"
+
+
+def _fake_quickstart_dir(out):
+    """The files a finished quickstart leaves, with stand-in contents."""
+    for rel in ("report.md", "metrics.jsonl", "loss.png", "data/manifest.json", "data/tokenizer.model",
+                "data/train/shard-00000-of-00004.bin", "data/train/shard-00000-of-00004.idx",
+                "data/rejected/quality-00000-of-00001.jsonl.gz", "data/_corpus/builtin-00000.jsonl.gz",
+                "checkpoints/latest", "checkpoints/step_00000400/COMPLETE", "checkpoints/step_00000400/rng/rank_00000.pt",
+                "hf/model.safetensors", "hf/config.json", "logs/prepare.log", "logs/train-first-rank0.log"):
+        path = out / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+
+
+@pytest.mark.parametrize("foreign", ["data/notes.md", "data/train/extra.bin", "checkpoints/my_backup/model.pt",
+                                     "hf/README.md", "logs/mine.txt", "notes.txt"])
+def test_overwrite_refuses_any_file_it_did_not_write_and_deletes_nothing(tmp_path, foreign):
+    out = tmp_path / "run"
+    _fake_quickstart_dir(out)
+    (out / foreign).parent.mkdir(parents=True, exist_ok=True)
+    (out / foreign).write_text("mine")
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    with pytest.raises(ValueError, match="did not write"):
+        quickstart.check_out_dir(str(out), overwrite=True)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+
+
+def test_overwrite_removes_exactly_a_quickstart_and_follows_no_link(tmp_path):
+    out, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    _fake_quickstart_dir(out)
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("mine")
+    (out / "data" / "_corpus" / "builtin-00001.jsonl.gz").symlink_to(elsewhere / "keep.txt")
+    quickstart.check_out_dir(str(out), overwrite=True)
+    assert list(out.iterdir()) == [] and (elsewhere / "keep.txt").read_text() == "mine"

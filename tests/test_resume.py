@@ -21,13 +21,14 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import numpy as np
 import pytest
+
+from launch.processes import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Every test drives 2-rank launch.train runs (one shared reference run): minutes in all on 2 cores.
@@ -89,17 +90,11 @@ def data_dir(tmp_path_factory):
 
 # ---------------------------------------------------------------------------------------------------- driver
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start(data_dir, run_dir, sets=(), world=2, env=None, tag="run", pause_in_save=None):
     """Start `world` ranks of launch.train the way srun would; `pause_in_save` ("SECONDS@STEP") runs them through
     tests/pause_in_save.py, which holds every rank inside that save, before the marker."""
     os.makedirs(run_dir, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     start = ["-m"] if pause_in_save is None else [os.path.join(ROOT, "tests", "pause_in_save.py"), pause_in_save]
     cmd = [sys.executable, *start, "launch.train", "--data", data_dir, "--config", "launch/configs/tiny.json",
            "--ds-config", "ds_configs/zero3_bf16.json", "--out", run_dir]

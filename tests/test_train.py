@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import pytest
 import torch
 
 from launch.config import config_from_dict
+from launch.processes import free_port
 from model.decoder import Decoder, DecoderConfig
 from pipeline.manifest import data_identity, write_manifest
 from pipeline.shards import sha256_file, write_shard
@@ -35,12 +35,6 @@ TIMEOUT = 240
 
 def _ds(stage: int) -> str:
     return os.path.join(ROOT, "ds_configs", f"zero{stage}_bf16.json")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(**extra) -> dict:
@@ -66,7 +60,7 @@ def _torchrun(data, out, nproc=2, **kw) -> subprocess.CompletedProcess:
 
 def _srun_style(data, out, world=2, **kw) -> list[subprocess.Popen]:
     """World processes started the way srun starts them: SLURM variables plus MASTER_ADDR/MASTER_PORT."""
-    port = str(_free_port())
+    port = str(free_port())
     return [subprocess.Popen([sys.executable, *_train_args(data, out, **kw)], cwd=ROOT,
                              env=_env(SLURM_PROCID=str(r), SLURM_LOCALID=str(r), SLURM_NTASKS=str(world),
                                       MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
@@ -319,7 +313,10 @@ def test_sigusr1_on_one_rank_checkpoints_exits_75_and_resumes_bit_exact(data_dir
 def test_resume_refuses_other_data_model_or_schedule(data_dir, zero3_run, tmp_path, monkeypatch):
     """Checked from the checkpoint files before any process group starts: another shard, model, batch size or
     schedule is refused with the key, the checkpoint's value and the override."""
-    from launch.train import main
+    from launch.train import parse_args, plan_run
+
+    def main(argv):
+        return plan_run(parse_args(argv))
 
     for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
                            MASTER_PORT="1").items():

@@ -142,7 +142,7 @@ def worker(args) -> None:
         assert ck.prepare_resume(point, world, rank) == {}, "same world size: no conversion expected"
         state = ck.load(engine, point)
         t1 = time.perf_counter()
-        start = RankLoader.start_step_for(state["consumed_samples"], GLOBAL_BATCH)
+        start = state["consumed_samples"] // GLOBAL_BATCH
         got_step, _ = next(iter(RankLoader(stream, GLOBAL_BATCH, micro, rank, world, start)))
         t2 = time.perf_counter()
         res["load_s"] = _barrier_time(t0)

@@ -133,19 +133,9 @@ class TrainConfig:
 
     def accumulation(self, world_size: int, where: str = "the run config") -> int:
         """Micro-batches per rank per optimizer step; ValueError listing valid choices when it is not whole."""
-        per_rank, rem = divmod(self.global_batch, world_size)
-        if rem or per_rank % self.micro_batch:
-            good_micro = [m for m in range(1, per_rank + 1) if per_rank % m == 0] if not rem else []
-            unit = self.micro_batch * world_size
-            lower = (self.global_batch // unit) * unit
-            good_global = sorted({g for g in (lower, lower + unit) if g > 0})
-            hint = f"micro_batch in {good_micro} or " if good_micro else ""
-            raise ValueError(
-                f"{where}: global_batch={self.global_batch} is not micro_batch={self.micro_batch} x world size "
-                f"{world_size} x a whole number of accumulation steps. Set {hint}global_batch to a multiple of "
-                f"{unit} (e.g. {' or '.join(map(str, good_global))})"
-            )
-        return per_rank // self.micro_batch
+        from launch.data import samples_per_rank
+
+        return samples_per_rank(self.global_batch, self.micro_batch, world_size, where) // self.micro_batch
 
     def lr_at(self, step: int) -> float:
         """Learning rate of optimizer step `step` (0-based): linear warmup, then cosine to min_lr at `steps`."""

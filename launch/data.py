@@ -190,24 +190,31 @@ class SampleStream:
         )
 
 
-def _check_batch(global_batch: int, micro_batch: int, rank: int, world_size: int) -> int:
-    """Returns samples per rank; ValueError with the fix when the batch does not divide evenly."""
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+def samples_per_rank(global_batch: int, micro_batch: int, world_size: int, where: str = "the run config") -> int:
+    """Samples each rank takes per optimizer step, global_batch / world_size; ValueError naming valid choices when
+    the ranks' micro-batches do not tile the global batch (the one check of it: TrainConfig.accumulation uses it)."""
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
     if global_batch < 1 or micro_batch < 1:
-        raise ValueError(f"global_batch ({global_batch}) and micro_batch ({micro_batch}) must be >= 1")
-    if global_batch % world_size:
+        raise ValueError(f"{where}: global_batch ({global_batch}) and micro_batch ({micro_batch}) must be >= 1")
+    per_rank, rem = divmod(global_batch, world_size)
+    if rem or per_rank % micro_batch:
+        good_micro = [m for m in range(1, per_rank + 1) if per_rank % m == 0] if not rem else []
+        unit = micro_batch * world_size
+        lower = (global_batch // unit) * unit
+        good_global = sorted({g for g in (lower, lower + unit) if g > 0})
+        hint = f"micro_batch in {good_micro} or " if good_micro else ""
         raise ValueError(
-            f"global_batch {global_batch} is not divisible by world_size {world_size}; "
-            "pick a global batch that is a multiple of the number of ranks"
-        )
-    per_rank = global_batch // world_size
-    if per_rank % micro_batch:
-        raise ValueError(
-            f"each of the {world_size} ranks gets {per_rank} samples per step, which micro_batch {micro_batch} "
-            "does not divide; pick micro_batch dividing global_batch / world_size"
+            f"{where}: global_batch={global_batch} is not micro_batch={micro_batch} x world size {world_size} x a "
+            f"whole number of accumulation steps. Set {hint}global_batch to a multiple of {unit} "
+            f"(e.g. {' or '.join(map(str, good_global))})"
         )
     return per_rank
+
+
+def _check_rank(rank: int, world_size: int) -> None:
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
 
 
 def rank_batch(
@@ -218,7 +225,8 @@ def rank_batch(
     Global batch ``step`` is global samples [step*global_batch, (step+1)*global_batch); rank r takes the
     contiguous slice of global_batch // world_size samples at offset r * global_batch // world_size.
     """
-    per_rank = _check_batch(global_batch, micro_batch, rank, world_size)
+    per_rank = samples_per_rank(global_batch, micro_batch, world_size)
+    _check_rank(rank, world_size)
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
     first = step * global_batch + rank * per_rank
@@ -240,23 +248,14 @@ class RankLoader:
     def __init__(
         self, stream: SampleStream, global_batch: int, micro_batch: int, rank: int, world_size: int, start_step: int
     ):
-        _check_batch(global_batch, micro_batch, rank, world_size)
+        samples_per_rank(global_batch, micro_batch, world_size)
+        _check_rank(rank, world_size)
         if start_step < 0:
             raise ValueError(f"start_step must be >= 0, got {start_step}")
         self.stream = stream
         self.global_batch, self.micro_batch = global_batch, micro_batch
         self.rank, self.world_size = rank, world_size
         self.start_step = start_step
-
-    @staticmethod
-    def start_step_for(consumed_samples: int, global_batch: int) -> int:
-        """The step to resume at after ``consumed_samples`` global samples; they must be whole global batches."""
-        if consumed_samples < 0 or consumed_samples % global_batch:
-            raise ValueError(
-                f"consumed_samples {consumed_samples} is not a whole number of global batches of {global_batch}; "
-                "resume with the global_batch the checkpoint was trained with"
-            )
-        return consumed_samples // global_batch
 
     def __iter__(self):
         step = self.start_step

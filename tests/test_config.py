@@ -206,36 +206,39 @@ def small_data(tmp_path):
 def test_vocab_mismatch_with_data_fails_before_process_group(single_process_env, small_data, tmp_path):
     import torch
 
-    from launch.train import main
+    from launch.train import parse_args, plan_run
 
     with pytest.raises(ValueError) as e:
-        main(["--data", small_data, "--config", TINY, "--ds-config", ZERO3, "--out", str(tmp_path / "run"),
-              "--set", "model.vocab_size=100"])
+        plan_run(parse_args(["--data", small_data, "--config", TINY, "--ds-config", ZERO3, "--out",
+                             str(tmp_path / "run"), "--set", "model.vocab_size=100"]))
     assert "300" in str(e.value) and "100" in str(e.value) and small_data in str(e.value)
     assert not torch.distributed.is_initialized()
     assert not os.path.exists(tmp_path / "run")
 
 
-def test_world_size_mismatch_fails_before_process_group(single_process_env, small_data, tmp_path):
+def test_world_size_mismatch_fails_before_process_group(single_process_env, small_data, tmp_path, capsys):
+    """Through main: the message on stderr as "error: ...", exit status 2, no process group."""
     import torch
 
     from launch.train import main
 
     single_process_env.setenv("WORLD_SIZE", "3")
-    with pytest.raises(ValueError, match="multiple of 6"):
-        main(["--data", small_data, "--config", TINY, "--ds-config", ZERO3, "--out", str(tmp_path / "run")])
+    assert main(["--data", small_data, "--config", TINY, "--ds-config", ZERO3, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "multiple of 6" in err
     assert not torch.distributed.is_initialized()
 
 
 def test_missing_val_split_says_how_to_disable_eval(single_process_env, small_data, tmp_path):
-    from launch.train import main
+    from launch.train import parse_args, plan_run
 
     manifest = json.load(open(os.path.join(small_data, "manifest.json")))
     manifest["shards"] = [s for s in manifest["shards"] if s["split"] == "train"]
     manifest["tokens"]["val"] = 0
     write_manifest(small_data, manifest)
     with pytest.raises(ValueError, match="eval_every=0"):
-        main(["--data", small_data, "--config", TINY, "--ds-config", ZERO3, "--out", str(tmp_path / "run")])
+        plan_run(parse_args(["--data", small_data, "--config", TINY, "--ds-config", ZERO3, "--out",
+                             str(tmp_path / "run")]))
 
 
 def test_distributed_env_mapping():

@@ -11,11 +11,13 @@ ours is at least as fast). Each optimizer step is timed on the slowest rank (an 
 the CPU seconds both ranks spent on the step (process time, all-reduce SUM) are reported too, since on a shared
 machine they vary far less with other people's load than wall time does.
 
-Memory: after the timed steps, each rank sums the bytes of the tensors the ZeRO-3 engine actually holds for
-the model -- bf16 parameter partitions (plus the full copies of the small "persistent" parameters that ZeRO-3
-keeps whole), fp32 master partitions, the gradient partition buffer, and the Adam moments -- and the same is
-measured in a second, 1-process job for the same model. The 2-process / 1-process ratio of those bytes per rank
-is reported (ideal 0.5). The parent prints a markdown table and the load average.
+Memory: each rank measures how much its resident memory (RSS) grows from just before our model is built to
+just after two training steps of it (parameters, fp32 master copy, gradients, Adam moments, activations and
+communication buffers: whatever the process really holds), before the HF model exists; the same is measured in
+a second, 1-process job. The 2-process / 1-process ratio of that growth per rank is the result (ZeRO-3's ideal
+is 0.5 for the partitioned state; activations and buffers do not shrink with ranks). For reference the table
+also shows the bytes of the partitioned tensors the ZeRO-3 optimizer reports, whose ratio is 1/N by
+construction. The parent prints a markdown table and the load average.
 """
 import argparse
 import json
@@ -65,6 +67,8 @@ def worker(args) -> None:
     from model.decoder import count_params
     from model.export import hf_config
 
+    import psutil
+
     deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     cfg = load_config(TINY, [f"model.d_model={args.d_model}", f"model.n_layers={args.layers}",
@@ -73,25 +77,6 @@ def worker(args) -> None:
                              f"micro_batch={args.global_batch // world}"])
     mcfg = cfg.decoder_config(VOCAB)
     ds = deepspeed_config(cfg, ZERO3, world)
-
-    ours = build_model(mcfg, ds, cfg.seed)
-    engines = {"ours": deepspeed.initialize(model=ours, optimizer=build_optimizer(
-        param_groups(ours, cfg.weight_decay), cfg, ds), config=ds)[0]}
-    if args.mode == "compare":
-        from transformers import LlamaForCausalLM
-
-        hf_cfg = hf_config(mcfg, eos_id=2, bos_id=1, dtype=torch.bfloat16)
-        hf_cfg._attn_implementation = "sdpa"  # the same attention kernel as ours
-        torch.manual_seed(cfg.seed)
-        # Built under zero.Init exactly like ours (transformers' own ZeRO-3 path needs accelerate). Weight values
-        # do not matter for speed; the shapes do, and are checked below.
-        with deepspeed.zero.Init(config_dict_or_path=ds):
-            hf = LlamaForCausalLM(hf_cfg)
-        assert hf.config._attn_implementation == "sdpa", hf.config._attn_implementation
-        assert sum(getattr(p, "ds_numel", p.numel()) for p in hf.parameters()) == count_params(mcfg), \
-            "the HF model must have exactly our parameter count"
-        engines["hf"] = deepspeed.initialize(model=hf, optimizer=build_optimizer(
-            param_groups(hf, cfg.weight_decay), cfg, ds), config=ds)[0]
 
     gen = torch.Generator().manual_seed(1000 + rank)
     accumulation = ds["gradient_accumulation_steps"]
@@ -120,6 +105,29 @@ def worker(args) -> None:
         torch.distributed.all_reduce(cpu)  # CPU seconds of all ranks: insensitive to other work on the machine
         return float(dt.item()), float(cpu.item())
 
+    rss_before = psutil.Process().memory_info().rss
+    ours = build_model(mcfg, ds, cfg.seed)
+    engines = {"ours": deepspeed.initialize(model=ours, optimizer=build_optimizer(
+        param_groups(ours, cfg.weight_decay), cfg, ds), config=ds)[0]}
+    for _ in range(2):  # optimizer state exists only after the first step
+        one_step("ours")
+    rss_growth = psutil.Process().memory_info().rss - rss_before
+    if args.mode == "compare":
+        from transformers import LlamaForCausalLM
+
+        hf_cfg = hf_config(mcfg, eos_id=2, bos_id=1, dtype=torch.bfloat16)
+        hf_cfg._attn_implementation = "sdpa"  # the same attention kernel as ours
+        torch.manual_seed(cfg.seed)
+        # Built under zero.Init exactly like ours (transformers' own ZeRO-3 path needs accelerate). Weight values
+        # do not matter for speed; the shapes do, and are checked below.
+        with deepspeed.zero.Init(config_dict_or_path=ds):
+            hf = LlamaForCausalLM(hf_cfg)
+        assert hf.config._attn_implementation == "sdpa", hf.config._attn_implementation
+        assert sum(getattr(p, "ds_numel", p.numel()) for p in hf.parameters()) == count_params(mcfg), \
+            "the HF model must have exactly our parameter count"
+        engines["hf"] = deepspeed.initialize(model=hf, optimizer=build_optimizer(
+            param_groups(hf, cfg.weight_decay), cfg, ds), config=ds)[0]
+
     names = list(engines)
     for name in names:  # warm-up: first-step allocations, optimizer state creation, prefetch tracing
         for _ in range(2):
@@ -134,6 +142,11 @@ def worker(args) -> None:
     result = {"world_size": world, "params": count_params(mcfg), "model": mcfg.to_dict(),
               "tokens_per_step": cfg.global_batch * cfg.seq_len, "step_s": times, "cpu_s": cpu_times,
               "bytes": zero3_bytes(engines["ours"])}
+    # Each rank's own measurement; the slowest-growing and fastest-growing rank are both reported.
+    growth = torch.tensor([rss_growth], dtype=torch.float64)
+    gathered = [torch.zeros_like(growth) for _ in range(world)]
+    torch.distributed.all_gather(gathered, growth)
+    result["rss_growth"] = [int(g.item()) for g in gathered]
     if "hf" in engines:
         result["hf_bytes"] = zero3_bytes(engines["hf"])
     if rank == 0:
@@ -202,11 +215,14 @@ def main(argv=None) -> int:
           f"median of per-rep ratios {statistics.median(pairs):.2f}x "
           f"(min {min(pairs):.2f}, max {max(pairs):.2f}, {len(pairs)} reps); "
           f"per CPU second: {cpu_rate['ours'] / cpu_rate['hf']:.2f}x\n")
-    print("| ZeRO-3 bytes per rank (our Decoder) | 1 process | 2 processes | ratio |")
+    print("| memory per rank, our Decoder (bytes) | 1 process | 2 processes (each rank) | ratio (largest rank) |")
     print("|---|---|---|---|")
+    a, b = one["rss_growth"][0], two["rss_growth"]
+    print(f"| RSS growth over build + 2 steps (measured) | {a:,} | {', '.join(f'{x:,}' for x in b)} | "
+          f"{max(b) / a:.3f} |")
     for key in ("params", "master", "grads", "optimizer", "total"):
         a, b = one["bytes"][key], two["bytes"][key]
-        print(f"| {key} | {a:,} | {b:,} | {b / a:.3f} |")
+        print(f"| ZeRO-3 partitioned {key} (as reported, 1/N by design) | {a:,} | {b:,} | {b / a:.3f} |")
     print(f"\nHF model at 2 processes, total bytes per rank: {two['hf_bytes']['total']:,}")
     print(f"load average (1/5/15 min) before: {', '.join(f'{x:.2f}' for x in load_before)}; "
           f"after: {', '.join(f'{x:.2f}' for x in load_after)}; wall {time.time() - t0:.0f} s")

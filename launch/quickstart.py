@@ -39,6 +39,7 @@ from launch.config import load_config
 from launch.metrics import read_metrics
 from launch.processes import EXIT_PREEMPTED, free_port
 from pipeline import layout
+from pipeline.files import list_tree
 from pipeline.manifest import load_manifest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -112,14 +113,7 @@ def check_out_dir(out: str, overwrite: bool) -> None:
     the files a quickstart writes, and refuses, before removing anything, when --out holds any other file."""
     if not os.path.isdir(out):
         return
-    files, folders = [], []
-    for directory, subdirs, names in os.walk(out):  # links are listed as files: removed, never followed
-        rel = os.path.relpath(directory, out).replace(os.sep, "/")
-        prefix = "" if rel == "." else rel + "/"
-        links = [d for d in subdirs if os.path.islink(os.path.join(directory, d))]
-        subdirs[:] = [d for d in subdirs if d not in links]
-        files += [prefix + n for n in names + links]
-        folders += [prefix + d for d in subdirs]
+    files, folders = list_tree(out)  # links are listed as files: removed, never followed
     ours = sorted({p.split("/")[0] for p in files + folders} & set(OUTPUTS))
     if not ours:
         return

@@ -1,4 +1,5 @@
-"""Local files replaced all at once: a reader sees the old content or the new, never half of a file.
+"""Local files replaced all at once (a reader sees the old content or the new, never half of a file), and listed
+without following links (what a clean-up may delete).
 
 Every local file this project writes for others to read (manifest, tokenizer, shards, run configs,
 checkpoint markers, metrics) goes through here: write under a temporary name in the same directory,
@@ -54,6 +55,20 @@ def atomic_open(path: str, mode: str = "wb") -> Iterator[IO]:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def list_tree(root: str) -> tuple[list[str], list[str]]:
+    """(files, folders) below ``root``, as sorted relative paths with "/" separators. A symbolic link counts as a
+    file even when it points at a folder: a clean-up removes the link and never what it points at."""
+    files, folders = [], []
+    for directory, subdirs, names in os.walk(root):
+        rel = os.path.relpath(directory, root).replace(os.sep, "/")
+        prefix = "" if rel == "." else rel + "/"
+        links = [d for d in subdirs if os.path.islink(os.path.join(directory, d))]
+        subdirs[:] = [d for d in subdirs if d not in links]
+        files += [prefix + n for n in names + links]
+        folders += [prefix + d for d in subdirs]
+    return sorted(files), sorted(folders)
 
 
 def write_atomic(path: str, data: bytes | str) -> None:

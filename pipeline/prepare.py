@@ -44,6 +44,7 @@ import tempfile
 from dataclasses import asdict, fields
 
 from pipeline import layout
+from pipeline.files import list_tree
 from pipeline.filters import FilterConfig
 from pipeline.local_runner import DEFAULT_TRANSFER_BYTES
 from pipeline.manifest import MANIFEST_NAME, load_manifest
@@ -229,15 +230,7 @@ def _list_output(output: str) -> tuple[list[str], list[str]]:
         base = output.rstrip("/") + "/"
         matched = FileSystems.match([base + "**"])[0].metadata_list
         return sorted(m.path[len(base):] for m in matched if not m.path.endswith("/")), []
-    files, folders = [], []
-    for directory, subdirs, names in os.walk(output):
-        rel = os.path.relpath(directory, output).replace(os.sep, "/")
-        prefix = "" if rel == "." else rel + "/"
-        links = [d for d in subdirs if os.path.islink(os.path.join(directory, d))]
-        subdirs[:] = [d for d in subdirs if d not in links]
-        files += [prefix + n for n in names + links]
-        folders += [prefix + d for d in subdirs]
-    return sorted(files), sorted(folders)
+    return list_tree(output)
 
 
 def load_given_tokenizer(path: str) -> dict:

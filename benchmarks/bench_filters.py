@@ -10,8 +10,8 @@
     SentencePiece encoding the whole line at once, time ratio, identical ids, and peak RSS of each in a
     fresh process.
 
-Absolute seconds depend on the machine and its load (printed); the ratios are the result. It takes ~10 minutes
-on 2 cores and a few GB of memory (the 50 MB document with max_words lifted); SentencePiece's whole-line
+Absolute seconds depend on the machine and its load (printed); the ratios are the result. It runs for minutes
+and needs a few GB of memory (the 50 MB document with max_words lifted); SentencePiece's whole-line
 reference is skipped above 20 MB. benchmarks/RESULTS.md holds one run's output under a summary:
 
     python benchmarks/bench_filters.py --work /tmp/bench-filters --out /tmp/bench-filters.md

@@ -63,10 +63,10 @@ def corpus_files(work: str, size_mb: int, file_mb: float = 2.0) -> list[str]:
     """``size_mb`` MB of text (UTF-8) in files of ~``file_mb`` MB, written once into WORK/corpus-<size>-f<file_mb>.
 
     The prepare pipeline parallelizes over files (a gzip file is read start to end by one worker), so a
-    corpus needs many more files than workers, as real ones have (thousands of files); 50 MB in 8 MB files
-    would leave one of two workers idle for a third of the read stage.
+    corpus needs many more files than workers, as real ones have (thousands of files); a corpus in a few
+    large files leaves workers idle for part of the read stage.
 
-    The built-in corpus in its own order; past its end (it holds ~80 MB here) the documents come again as
+    The built-in corpus in its own order; past its end (its size depends on what is installed) the documents come again as
     variants, each with a last line "[variant k]" so exact dedup keeps them: realistic text for the
     tokenizer and filters, and every document distinct.
     """

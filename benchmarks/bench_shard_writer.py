@@ -1,5 +1,5 @@
 """Memory and time of putting one shard's documents in key order: in_key_order (through a temporary file, one
-batch at a time) against sorting every decompressed (key, tokens) pair in memory, as the writer did before.
+batch at a time) against sorting every decompressed (key, tokens) pair in memory, the simple alternative.
 
     python benchmarks/bench_shard_writer.py [--batches 40]
 

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from pipeline.files import TEMP_MARKER, fsync_path, temporary_name, write_atomic
+from pipeline.files import TEMP_MARKER, atomic_open, fsync_path, write_atomic
 
 CHECKPOINTS_DIR = "checkpoints"
 TAG_FORMAT = "step_%08d"
@@ -59,7 +59,8 @@ _FAILED_RE = re.compile(r"^\.universal-failed-step_\d{8}$")
 # DeepSpeed names each data-parallel rank's shard "...zero_pp_rank_<R>_mp_rank_<MP>_<kind>_states.pt".
 _ZERO_RANK_RE = re.compile(r"zero_pp_rank_(\d+)_mp_rank_")
 _RNG_RE = re.compile(r"^rng/rank_(\d+)\.pt$")
-# Seconds the other ranks wait for rank 0's universal conversion (a 7B model takes minutes on a shared FS).
+# Seconds the other ranks wait for rank 0's universal conversion (it grows with the optimizer state; a large model
+# on a shared filesystem needs minutes).
 UNIVERSAL_WAIT_ENV = "CHECKPOINT_UNIVERSAL_TIMEOUT_S"
 _DEFAULT_UNIVERSAL_TIMEOUT_S = 3600.0
 # Rank 0 writes checkpoints/.universal-failed-<tag> when a conversion fails; waiting ranks honour files newer than
@@ -310,9 +311,8 @@ def _write_rank_files(engine, ckpt_dir: str, tag: str, state: dict, rank: int) -
     engine.save_checkpoint(ckpt_dir, tag=tag, client_state=state, save_latest=False)
     rng_path = os.path.join(tag_dir, _rng_relpath(rank))
     os.makedirs(os.path.dirname(rng_path), exist_ok=True)
-    tmp = temporary_name(rng_path)
-    torch.save(_rng_state(), tmp)
-    os.replace(tmp, rng_path)
+    with atomic_open(rng_path) as f:
+        torch.save(_rng_state(), f)
     # Each rank flushes its own shards (and rank 0 the shared files) before the barrier that precedes the marker.
     for rel in _list_files(tag_dir):
         m = _ZERO_RANK_RE.search(os.path.basename(rel)) or _RNG_RE.match(rel)

@@ -28,6 +28,8 @@ import time
 import psutil
 import torch
 
+from pipeline.files import atomic_open
+
 METRICS_NAME = "metrics.jsonl"
 
 # bf16 dense (no sparsity) peak FLOP/s per device, matched as a case-insensitive substring of the name
@@ -255,12 +257,8 @@ class MetricsLogger:
                 kept.append(line if line.endswith("\n") else line + "\n")
                 if "tokens" in record:
                     self.tokens_total = int(record["tokens"])
-        tmp = f"{self.path}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic_open(self.path, "w") as f:
             f.writelines(kept)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
 
     def close(self) -> None:
         if self._file is not None:

@@ -1,6 +1,6 @@
 """Benchmark of the training data stream (launch/data.py): seek cost and throughput against the model.
 
-    python benchmarks/bench_data.py                       # ~1-2 min on 2 shared CPU cores
+    python benchmarks/bench_data.py
 
 1. Seek cost: wall time to produce one rank's batch at optimizer step 10, 10,000 and 10,000,000 from a
    freshly built loader (no cached permutation), side by side in this process. A ratio near 1.0 means resume

@@ -1,6 +1,6 @@
 """Benchmark of model/decoder.py and model/generate.py against transformers' LlamaForCausalLM of identical shape.
 
-    python benchmarks/bench_model.py                       # ~2-4 min on 2 shared CPU cores
+    python benchmarks/bench_model.py
     python benchmarks/bench_model.py --dtype bfloat16 --device cuda --d-model 1024 --layers 8 --seq-len 1024
 
 Both models hold the same weights (ours converted with model.export.hf_state_dict) and run side by side in this

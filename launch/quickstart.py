@@ -45,7 +45,10 @@ from pipeline.manifest import load_manifest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # What an earlier quickstart left in OUT; --overwrite removes exactly these (is_own_file says what inside).
 OUTPUT_DIRS = ("data", "hf", "hf.partial", "logs", "checkpoints")
-OUTPUTS = OUTPUT_DIRS + ("metrics.jsonl", "config.json", "ds_config.json", "tokenizer.model", "report.md",
+# Written first: --overwrite acts only on a directory that holds it, since a launch.train run directory has the
+# same names (checkpoints/, config.json, metrics.jsonl) and must never be taken for a quickstart's.
+MARKER = "quickstart.json"
+OUTPUTS = OUTPUT_DIRS + (MARKER, "metrics.jsonl", "config.json", "ds_config.json", "tokenizer.model", "report.md",
                          "report.json", "loss.png")
 HF_FILES = ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
             "special_tokens_map.json", "chat_template.jinja", "EXPORT_FAILED.txt")
@@ -120,6 +123,10 @@ def check_out_dir(out: str, overwrite: bool) -> None:
     if not overwrite:
         raise ValueError(f"--out {out} already holds a quickstart ({', '.join(ours)}); pass --overwrite to replace "
                          f"it, or pick another --out")
+    if MARKER not in files:
+        raise ValueError(f"--out {out} holds {', '.join(ours)} but no {MARKER}, so a quickstart did not write it "
+                         "(a launch.train run directory has the same names); --overwrite only replaces a "
+                         "quickstart's output: pick another --out")
     foreign = sorted(p for p in files if not is_own_file(p))
     foreign += sorted(d for d in folders if not is_own_folder(d))
     if foreign:
@@ -371,6 +378,9 @@ def main(argv=None) -> int:
     cuda = torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") != "cpu"
     nproc = args.nproc or (min(2, torch.cuda.device_count()) if cuda else 2)
     cfg.accumulation(nproc, args.config)          # a batch that does not divide by nproc fails here too
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, MARKER), "w") as f:  # before anything else is written (check_out_dir)
+        json.dump({"argv": sys.argv, "started": time.time()}, f)
     data_dir, hf_dir = os.path.join(args.out, "data"), os.path.join(args.out, "hf")
     os.makedirs(os.path.join(args.out, "logs"), exist_ok=True)
     device = f"{nproc} x {torch.cuda.get_device_name(0)}" if cuda else f"CPU ({os.cpu_count()} cores)"

@@ -98,7 +98,7 @@ def test_config_mistakes_fail_before_any_work(tmp_path):
 
 def _fake_quickstart_dir(out):
     """The files a finished quickstart leaves, with stand-in contents."""
-    for rel in ("report.md", "metrics.jsonl", "loss.png", "data/manifest.json", "data/tokenizer.model",
+    for rel in ("quickstart.json", "report.md", "metrics.jsonl", "loss.png", "data/manifest.json", "data/tokenizer.model",
                 "data/train/shard-00000-of-00004.bin", "data/train/shard-00000-of-00004.idx",
                 "data/rejected/quality-00000-of-00001.jsonl.gz", "data/_corpus/builtin-00000.jsonl.gz",
                 "checkpoints/latest", "checkpoints/step_00000400/COMPLETE", "checkpoints/step_00000400/rng/rank_00000.pt",
@@ -129,3 +129,14 @@ def test_overwrite_removes_exactly_a_quickstart_and_follows_no_link(tmp_path):
     (out / "data" / "_corpus" / "builtin-00001.jsonl.gz").symlink_to(elsewhere / "keep.txt")
     quickstart.check_out_dir(str(out), overwrite=True)
     assert list(out.iterdir()) == [] and (elsewhere / "keep.txt").read_text() == "mine"
+
+
+def test_overwrite_refuses_a_training_run_directory(tmp_path):
+    """A launch.train run directory has a quickstart's names but not its marker: --overwrite leaves it alone."""
+    out = tmp_path / "run"
+    _fake_quickstart_dir(out)
+    (out / "quickstart.json").unlink()
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    with pytest.raises(ValueError, match="launch.train run directory"):
+        quickstart.check_out_dir(str(out), overwrite=True)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before

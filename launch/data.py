@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 import numpy as np
 import torch
@@ -311,7 +312,7 @@ def _check_shards(prefixes, entries, expected_dtype, data_dir, data_vocab, seq_l
         )
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Print the first batches of a prepared data directory's stream.")
     parser.add_argument("--data", required=True, help="prepared data directory (holds manifest.json)")
     parser.add_argument("--split", default="train")
@@ -321,14 +322,19 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=1)
     parser.add_argument("--start-step", type=int, default=0)
     args = parser.parse_args(argv)
-    vocab = int(load_manifest(args.data)["tokenizer"]["vocab_size"])
-    stream = open_split(args.data, args.split, args.seq_len, args.seed, vocab)
+    try:
+        vocab = int(load_manifest(args.data)["tokenizer"]["vocab_size"])
+        stream = open_split(args.data, args.split, args.seq_len, args.seed, vocab)
+        loader = RankLoader(stream, args.global_batch, args.global_batch, 0, 1, args.start_step)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(stream)
-    loader = RankLoader(stream, args.global_batch, args.global_batch, 0, 1, args.start_step)
     for (step, [(inputs, _)]), _ in zip(loader, range(args.steps)):
         for row in inputs.tolist():
             print(f"step {step}: {row[:16]}{' ...' if len(row) > 16 else ''}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

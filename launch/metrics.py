@@ -280,13 +280,16 @@ def read_metrics(path: str) -> tuple[list[dict], list[dict]]:
     return steps, evals
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(description="Plot train and validation loss from a metrics.jsonl.")
     parser.add_argument("metrics", help="RUN_DIR/metrics.jsonl")
     parser.add_argument("--out", help="image path (default: next to the metrics file, loss.png)")
     args = parser.parse_args(argv)
+    if not os.path.isfile(args.metrics):
+        print(f"error: {args.metrics} does not exist; pass RUN_DIR/metrics.jsonl of a training run", file=sys.stderr)
+        return 2
     import matplotlib
 
     matplotlib.use("Agg")
@@ -303,7 +306,8 @@ def main(argv=None) -> None:
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.metrics)), "loss.png")
     fig.savefig(out, dpi=120, bbox_inches="tight")
     print(out)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

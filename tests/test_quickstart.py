@@ -102,7 +102,8 @@ def _fake_quickstart_dir(out):
                 "data/train/shard-00000-of-00004.bin", "data/train/shard-00000-of-00004.idx",
                 "data/rejected/quality-00000-of-00001.jsonl.gz", "data/_corpus/builtin-00000.jsonl.gz",
                 "checkpoints/latest", "checkpoints/step_00000400/COMPLETE", "checkpoints/step_00000400/rng/rank_00000.pt",
-                "hf/model.safetensors", "hf/config.json", "logs/prepare.log", "logs/train-first-rank0.log"):
+                "hf/model.safetensors", "hf/config.json", "logs/prepare.log", "logs/train-first-rank0.log",
+                "metrics.jsonl.tmp-123-0a1b2c3d", "monitor/train/Train_Samples_lr.csv"):
         path = out / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("x")

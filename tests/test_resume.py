@@ -180,7 +180,7 @@ def test_reference_run_layout(reference):
     assert (point.step, point.world_size, point.zero_stage) == (STEPS, 2, 3)
     state = point.client_state
     assert state["consumed_samples"] == STEPS * state["train_config"]["global_batch"]
-    for key in ("train_config", "ds_config", "model_config", "tokenizer_sha256", "manifest_sha256"):
+    for key in ("train_config", "ds_config", "model_config", "tokenizer_sha256", "data_identity"):
         assert key in state, key
     assert json.load(open(_ckpt(reference, "step_00000008", "model_config.json"))) == state["model_config"]
     assert os.path.isfile(os.path.join(reference, "tokenizer.model"))

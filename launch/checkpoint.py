@@ -56,6 +56,8 @@ _UNIVERSAL_RE = re.compile(r"^step_\d{8}" + re.escape(UNIVERSAL_SUFFIX) + "$")
 _TRASH_RE = re.compile(r"^\.trash-step_\d{8}(" + re.escape(UNIVERSAL_SUFFIX) + r")?-\d+-\d+$")
 _CONVERTING_RE = re.compile(r"^\.tmp-universal-step_\d{8}-\d+$")
 _FAILED_RE = re.compile(r"^\.universal-failed-step_\d{8}$")
+# DeepSpeed's save_checkpoint copies its recovery scripts (zero_to_fp32.py, ...) next to the tags.
+_DEEPSPEED_SCRIPT_RE = re.compile(r"^zero_to_\w+\.py$")
 # DeepSpeed names each data-parallel rank's shard "...zero_pp_rank_<R>_mp_rank_<MP>_<kind>_states.pt".
 _ZERO_RANK_RE = re.compile(r"zero_pp_rank_(\d+)_mp_rank_")
 _RNG_RE = re.compile(r"^rng/rank_(\d+)\.pt$")
@@ -102,7 +104,7 @@ def is_own_entry(name: str) -> bool:
     """Whether ``name``, an entry of RUN_DIR/checkpoints/, is one this module creates (everything inside such a
     directory is then its own or DeepSpeed's)."""
     return bool(name == LATEST or TAG_RE.match(name) or _UNIVERSAL_RE.match(name) or _TRASH_RE.match(name)
-                or _CONVERTING_RE.match(name) or _FAILED_RE.match(name))
+                or _CONVERTING_RE.match(name) or _FAILED_RE.match(name) or _DEEPSPEED_SCRIPT_RE.match(name))
 
 
 def _tag_dirs(ckpt_dir: str) -> list[tuple[int, str]]:

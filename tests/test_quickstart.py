@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -83,6 +84,12 @@ def test_rerun_refuses_to_mix_runs_then_overwrite_is_scoped(quickstart_run, tmp_
     with pytest.raises(ValueError, match="did not write"):
         quickstart.main(["--out", str(out), "--overwrite", *SMALL])
     assert (out / "report.md").exists() and (out / "notes.txt").exists()
+    # Without the stranger, everything a real run left (DeepSpeed's files included) is the quickstart's.
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy, symlinks=True)
+    (copy / "notes.txt").unlink()
+    quickstart.check_out_dir(str(copy), overwrite=True)
+    assert list(copy.iterdir()) == []
 
 
 def test_config_mistakes_fail_before_any_work(tmp_path):
@@ -101,7 +108,7 @@ def _fake_quickstart_dir(out):
     for rel in ("quickstart.json", "report.md", "metrics.jsonl", "loss.png", "data/manifest.json", "data/tokenizer.model",
                 "data/train/shard-00000-of-00004.bin", "data/train/shard-00000-of-00004.idx",
                 "data/rejected/quality-00000-of-00001.jsonl.gz", "data/_corpus/builtin-00000.jsonl.gz",
-                "checkpoints/latest", "checkpoints/step_00000400/COMPLETE", "checkpoints/step_00000400/rng/rank_00000.pt",
+                "checkpoints/latest", "checkpoints/zero_to_fp32.py", "checkpoints/step_00000400/COMPLETE", "checkpoints/step_00000400/rng/rank_00000.pt",
                 "hf/model.safetensors", "hf/config.json", "logs/prepare.log", "logs/train-first-rank0.log",
                 "metrics.jsonl.tmp-123-0a1b2c3d", "monitor/train/Train_Samples_lr.csv"):
         path = out / rel

@@ -50,12 +50,19 @@ MODEL_CONFIG = "model_config.json"
 CLIENT_STATE = "client_state.json"
 RNG_DIR = "rng"
 UNIVERSAL_SUFFIX = "_universal"
-# Names this module creates besides the tags, each matched whole: retention deletes exactly these, never a user's
-# file or folder that merely starts alike (a "step_00000100_backup/" or ".trash-notes" stays).
-_UNIVERSAL_RE = re.compile(r"^step_\d{8}" + re.escape(UNIVERSAL_SUFFIX) + "$")
-_TRASH_RE = re.compile(r"^\.trash-step_\d{8}(" + re.escape(UNIVERSAL_SUFFIX) + r")?-\d+-\d+$")
-_CONVERTING_RE = re.compile(r"^\.tmp-universal-step_\d{8}-\d+$")
-_FAILED_RE = re.compile(r"^\.universal-failed-step_\d{8}$")
+# Names this module creates besides the tags, each written from its prefix and matched whole: retention deletes
+# exactly these, never a user's file or folder that merely starts alike ("step_00000100_backup/", ".trash-notes").
+TRASH_PREFIX = ".trash-"  # TRASH_PREFIX + <tag or universal tag> + "-<pid>-<ns>": a directory being deleted
+CONVERTING_PREFIX = ".tmp-universal-"  # CONVERTING_PREFIX + <tag> + "-<pid>": a universal conversion in progress
+# Rank 0 writes checkpoints/.universal-failed-<tag> when a conversion fails; waiting ranks honour files newer than
+# their own start minus _FAILED_SLACK_S (seconds) and ignore older ones left by a previous job.
+FAILED_PREFIX = ".universal-failed-"
+_FAILED_SLACK_S = 120.0
+_TAG = r"step_\d{8}"
+_UNIVERSAL_RE = re.compile(rf"^{_TAG}{re.escape(UNIVERSAL_SUFFIX)}$")
+_TRASH_RE = re.compile(rf"^{re.escape(TRASH_PREFIX)}{_TAG}({re.escape(UNIVERSAL_SUFFIX)})?-\d+-\d+$")
+_CONVERTING_RE = re.compile(rf"^{re.escape(CONVERTING_PREFIX)}{_TAG}-\d+$")
+_FAILED_RE = re.compile(rf"^{re.escape(FAILED_PREFIX)}{_TAG}$")
 # DeepSpeed's save_checkpoint copies its recovery scripts (zero_to_fp32.py, ...) next to the tags.
 _DEEPSPEED_SCRIPT_RE = re.compile(r"^zero_to_\w+\.py$")
 # DeepSpeed names each data-parallel rank's shard "...zero_pp_rank_<R>_mp_rank_<MP>_<kind>_states.pt".
@@ -65,10 +72,6 @@ _RNG_RE = re.compile(r"^rng/rank_(\d+)\.pt$")
 # on a shared filesystem needs minutes).
 UNIVERSAL_WAIT_ENV = "CHECKPOINT_UNIVERSAL_TIMEOUT_S"
 _DEFAULT_UNIVERSAL_TIMEOUT_S = 3600.0
-# Rank 0 writes checkpoints/.universal-failed-<tag> when a conversion fails; waiting ranks honour files newer than
-# their own start minus this slack (seconds) and ignore older ones left by a previous job.
-FAILED_PREFIX = ".universal-failed-"
-_FAILED_SLACK_S = 120.0
 
 
 class CheckpointWarning(UserWarning):
@@ -195,8 +198,6 @@ def find_resume_point(run_dir: str) -> ResumePoint | None:
 
 # ---------------------------------------------------------------------------------------------- file helpers
 
-
-
 def _rng_relpath(rank: int) -> str:
     return f"{RNG_DIR}/rank_{rank:05d}.pt"
 
@@ -224,7 +225,7 @@ def _list_files(tag_dir: str) -> dict[str, int]:
 
 def _remove_dir(path: str) -> None:
     """Rename away first (atomic), then delete: a crash mid-delete never leaves a marked half-checkpoint."""
-    trash = os.path.join(os.path.dirname(path), f".trash-{os.path.basename(path)}-{os.getpid()}-{time.time_ns()}")
+    trash = os.path.join(os.path.dirname(path), f"{TRASH_PREFIX}{os.path.basename(path)}-{os.getpid()}-{time.time_ns()}")
     os.rename(path, trash)
     shutil.rmtree(trash, ignore_errors=True)
 
@@ -449,7 +450,7 @@ def prepare_resume(point: ResumePoint | None, world_size: int, rank: int) -> dic
             os.remove(failed)
         if os.path.isdir(final):  # a conversion without marker cannot be trusted
             _remove_dir(final)
-        work = os.path.join(ckpt_dir, f".tmp-universal-{point.tag}-{os.getpid()}")
+        work = os.path.join(ckpt_dir, f"{CONVERTING_PREFIX}{point.tag}-{os.getpid()}")
         out = os.path.join(work, _universal_tag(point.tag))
         print(f"checkpoint: world size {point.world_size} -> {world_size}: converting {point.path} to a "
               f"universal checkpoint {final}", flush=True)

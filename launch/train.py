@@ -48,7 +48,6 @@ from pipeline.files import atomic_open, write_atomic
 from pipeline.manifest import data_identity, load_manifest
 
 
-
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)

@@ -39,7 +39,7 @@ from launch.config import load_config
 from launch.metrics import read_metrics
 from launch.processes import EXIT_PREEMPTED, free_port
 from pipeline import layout
-from pipeline.files import TEMP_MARKER, list_tree
+from pipeline.files import TEMP_MARKER, list_tree, remove_listed, write_atomic
 from pipeline.manifest import load_manifest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -134,10 +134,7 @@ def check_out_dir(out: str, overwrite: bool) -> None:
     if foreign:
         raise ValueError(f"--out {out} holds {', '.join(foreign[:5])}, which a quickstart did not write; "
                          "--overwrite removes only a quickstart's own files: move them, or pick another --out")
-    for rel in files:
-        os.remove(os.path.join(out, *rel.split("/")))
-    for rel in sorted(folders, key=lambda d: -d.count("/")):  # deepest first: each is empty by its turn
-        os.rmdir(os.path.join(out, *rel.split("/")))
+    remove_listed(out, files, folders)
 
 
 def say(msg: str) -> None:
@@ -381,8 +378,8 @@ def main(argv=None) -> int:
     nproc = args.nproc or (min(2, torch.cuda.device_count()) if cuda else 2)
     cfg.accumulation(nproc, args.config)          # a batch that does not divide by nproc fails here too
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, MARKER), "w") as f:  # before anything else is written (check_out_dir)
-        json.dump({"argv": sys.argv, "started": time.time()}, f)
+    # Before anything else is written (check_out_dir).
+    write_atomic(os.path.join(args.out, MARKER), json.dumps({"argv": sys.argv, "started": time.time()}))
     data_dir, hf_dir = os.path.join(args.out, "data"), os.path.join(args.out, "hf")
     os.makedirs(os.path.join(args.out, "logs"), exist_ok=True)
     device = f"{nproc} x {torch.cuda.get_device_name(0)}" if cuda else f"CPU ({os.cpu_count()} cores)"

@@ -71,6 +71,16 @@ def list_tree(root: str) -> tuple[list[str], list[str]]:
     return sorted(files), sorted(folders)
 
 
+def remove_listed(root: str, files: list[str], folders: list[str]) -> None:
+    """Remove ``files`` in the order given, then ``folders`` deepest first (each is empty by its turn, so a folder
+    that still holds anything unlisted stops the clean-up with an error instead of being emptied). Paths are
+    relative to ``root`` with "/" separators, as list_tree gives them; a link is removed, never followed."""
+    for rel in files:
+        os.remove(os.path.join(root, *rel.split("/")))
+    for rel in sorted(folders, key=lambda d: -d.count("/")):
+        os.rmdir(os.path.join(root, *rel.split("/")))
+
+
 def write_atomic(path: str, data: bytes | str) -> None:
     """Write ``data`` (bytes, or text as UTF-8) to ``path`` all at once."""
     with atomic_open(path, "w" if isinstance(data, str) else "wb") as f:

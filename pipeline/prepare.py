@@ -44,7 +44,7 @@ import tempfile
 from dataclasses import asdict, fields
 
 from pipeline import layout
-from pipeline.files import list_tree
+from pipeline.files import list_tree, remove_listed
 from pipeline.filters import FilterConfig
 from pipeline.local_runner import DEFAULT_TRANSFER_BYTES
 from pipeline.manifest import MANIFEST_NAME, load_manifest
@@ -215,10 +215,7 @@ def check_output(output: str, overwrite: bool) -> None:
             if batch:
                 FileSystems.delete([FileSystems.join(output, *p.split("/")) for p in batch])
         return
-    for p in first + rest:
-        os.remove(os.path.join(output, *p.split("/")))
-    for d in sorted(folders, key=lambda d: -d.count("/")):  # deepest first: each is empty by its turn
-        os.rmdir(os.path.join(output, *d.split("/")))
+    remove_listed(output, first + rest, folders)
 
 
 def _list_output(output: str) -> tuple[list[str], list[str]]:

@@ -37,3 +37,24 @@ def test_only_whole_file_modes():
     with pytest.raises(ValueError, match="mode"):
         with atomic_open("/nonexistent/x", "a"):
             pass
+
+
+def test_remove_listed_removes_exactly_the_list_and_never_follows_a_link(tmp_path):
+    from pipeline.files import list_tree, remove_listed
+
+    root, elsewhere = tmp_path / "root", tmp_path / "elsewhere"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "a" / "b" / "f").write_text("x")
+    (root / "top").write_text("x")
+    elsewhere.mkdir()
+    (elsewhere / "keep").write_text("mine")
+    (root / "a" / "link").symlink_to(elsewhere)
+    files, folders = list_tree(str(root))
+    assert files == ["a/b/f", "a/link", "top"] and folders == ["a", "a/b"]
+    remove_listed(str(root), files, folders)
+    assert list(root.iterdir()) == [] and (elsewhere / "keep").read_text() == "mine"
+    (root / "d").mkdir()
+    (root / "d" / "unlisted").write_text("x")
+    with pytest.raises(OSError):
+        remove_listed(str(root), [], ["d"])  # a folder still holding something unlisted is never emptied
+    assert (root / "d" / "unlisted").exists()

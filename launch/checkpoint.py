@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from launch.processes import EXIT_USAGE
 from pipeline.files import TEMP_MARKER, atomic_open, fsync_path, write_atomic
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -529,7 +530,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not os.path.isdir(args.run_dir):
         print(f"error: {args.run_dir} is not a directory; pass a run directory (launch.train --out)", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     point = find_resume_point(args.run_dir)
     if point is None:
         print(f"{args.run_dir}: no complete checkpoint (training would start from scratch)")

@@ -25,6 +25,8 @@ import os
 import sys
 from dataclasses import dataclass, field
 
+from launch.data import samples_per_rank
+from launch.processes import EXIT_USAGE
 from model.decoder import SIZES, DecoderConfig
 
 # DeepSpeed keys the run config owns: the fix for each names the TrainConfig key to set instead.
@@ -133,8 +135,6 @@ class TrainConfig:
 
     def accumulation(self, world_size: int, where: str = "the run config") -> int:
         """Micro-batches per rank per optimizer step; ValueError listing valid choices when it is not whole."""
-        from launch.data import samples_per_rank
-
         return samples_per_rank(self.global_batch, self.micro_batch, world_size, where) // self.micro_batch
 
     def lr_at(self, step: int) -> float:
@@ -292,7 +292,7 @@ def main(argv=None) -> int:
         ds = deepspeed_config(cfg, args.ds_config, args.world_size, where=args.config)
     except (ValueError, FileNotFoundError) as e:  # the config mistakes this command exists to find
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     print(json.dumps({"train": cfg.to_dict(), "model": cfg.decoder_config(args.vocab_size).to_dict(),
                       "deepspeed": ds}, indent=2))
     return 0

@@ -32,6 +32,7 @@ import sys
 import numpy as np
 import torch
 
+from launch.processes import EXIT_USAGE
 from pipeline.manifest import load_manifest, shard_prefixes
 from pipeline.shards import ShardReader, dtype_for_vocab
 
@@ -328,7 +329,7 @@ def main(argv=None) -> int:
         loader = RankLoader(stream, args.global_batch, args.global_batch, 0, 1, args.start_step)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     print(stream)
     for (step, [(inputs, _)]), _ in zip(loader, range(args.steps)):
         for row in inputs.tolist():

@@ -28,6 +28,7 @@ import time
 import psutil
 import torch
 
+from launch.processes import EXIT_USAGE
 from pipeline.files import atomic_open
 
 METRICS_NAME = "metrics.jsonl"
@@ -289,7 +290,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not os.path.isfile(args.metrics):
         print(f"error: {args.metrics} does not exist; pass RUN_DIR/metrics.jsonl of a training run", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     import matplotlib
 
     matplotlib.use("Agg")

@@ -19,6 +19,12 @@ from typing import IO, Iterator
 TEMP_MARKER = ".tmp-"  # every temporary name holds this; clean-up code recognizes its own leftovers by it
 
 
+def is_remote(path: str) -> bool:
+    """Whether ``path`` names an object store (``gs://...``) rather than a local file: Beam's FileSystems write
+    there, and nothing in this module applies."""
+    return "://" in path
+
+
 def temporary_name(path: str) -> str:
     """A fresh name beside ``path`` for writing it: unique per process and call, recognizably temporary."""
     return f"{path}{TEMP_MARKER}{os.getpid()}-{uuid.uuid4().hex[:8]}"

@@ -44,7 +44,7 @@ import tempfile
 from dataclasses import asdict, fields
 
 from pipeline import layout
-from pipeline.files import list_tree, remove_listed
+from pipeline.files import is_remote, list_tree, remove_listed
 from pipeline.filters import FilterConfig
 from pipeline.local_runner import DEFAULT_TRANSFER_BYTES
 from pipeline.manifest import MANIFEST_NAME, load_manifest
@@ -146,13 +146,9 @@ def validate_args(args: argparse.Namespace) -> None:
     for flag, value in (("--text-field", args.text_field), ("--id-field", args.id_field)):
         if not value:
             raise ValueError(f"{flag} must not be empty")
-    if args.builtin_corpus and _is_remote(args.output):
+    if args.builtin_corpus and is_remote(args.output):
         raise ValueError("--builtin-corpus gathers files on this machine and needs a local --output; for a gs:// "
                          "output, run `python -m pipeline.builtin_corpus --out DIR`, upload DIR, and pass --input")
-
-
-def _is_remote(path: str) -> bool:
-    return "://" in path
 
 
 def resolve_inputs(globs: list[str]) -> list[str]:
@@ -161,10 +157,10 @@ def resolve_inputs(globs: list[str]) -> list[str]:
 
     files = set()
     for pattern in globs:
-        if not _is_remote(pattern) and os.path.isdir(pattern):
+        if not is_remote(pattern) and os.path.isdir(pattern):
             raise ValueError(f"--input {pattern} is a directory; pass a glob such as '{pattern.rstrip('/')}/*.jsonl.gz'")
         matched = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
-        matched = [m for m in matched if _is_remote(m) or not os.path.isdir(m)]
+        matched = [m for m in matched if is_remote(m) or not os.path.isdir(m)]
         if not matched:
             raise FileNotFoundError(f"--input {pattern} matches no file; check the path (quote globs so the shell "
                                     "does not expand them)")
@@ -179,7 +175,7 @@ def check_output(output: str, overwrite: bool) -> None:
     emptied folders. Anything else in the directory, or in a folder this tool writes, is refused before a
     single file is deleted: a file is never removed because its name merely resembles one of ours.
     """
-    if not _is_remote(output):
+    if not is_remote(output):
         if os.path.exists(output) and not os.path.isdir(output):
             raise ValueError(f"--output {output} is a file; pass a directory")
         try:
@@ -208,7 +204,7 @@ def check_output(output: str, overwrite: bool) -> None:
                          "a new directory")
     # The manifest goes first, so an interrupted clean-up never leaves a directory that looks finished.
     first, rest = [p for p in files if p == MANIFEST_NAME], [p for p in files if p != MANIFEST_NAME]
-    if _is_remote(output):
+    if is_remote(output):
         from apache_beam.io.filesystems import FileSystems
 
         for batch in (first, rest):
@@ -221,7 +217,7 @@ def check_output(output: str, overwrite: bool) -> None:
 def _list_output(output: str) -> tuple[list[str], list[str]]:
     """(files, folders) under ``output``, relative with "/" separators. A symbolic link counts as a file (it is
     removed, never followed). On gs:// there are no folders, only files whose names hold "/"."""
-    if _is_remote(output):
+    if is_remote(output):
         from apache_beam.io.filesystems import FileSystems
 
         base = output.rstrip("/") + "/"
@@ -239,7 +235,7 @@ def load_given_tokenizer(path: str) -> dict:
     if not FileSystems.exists(path):
         raise FileNotFoundError(f"--tokenizer {path} does not exist; pass a SentencePiece .model file, or omit "
                                 "--tokenizer to train one")
-    if not _is_remote(path):
+    if not is_remote(path):
         from pipeline.tokenizer import Tokenizer
 
         Tokenizer(path)  # raises naming the file if it is not a SentencePiece model
@@ -375,7 +371,7 @@ def _run(args: argparse.Namespace, beam_args: list[str], cfg: FilterConfig, tran
     build_pipeline(p, args, cfg, files, hf_rows, given, config)
     p.run().wait_until_finish()
 
-    if _is_remote(args.output):
+    if is_remote(args.output):
         from apache_beam.io.filesystems import FileSystems
 
         with FileSystems.open(FileSystems.join(args.output, MANIFEST_NAME)) as f:

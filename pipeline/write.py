@@ -24,20 +24,17 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline import files
+from pipeline.files import is_remote
 from pipeline.layout import SPLITS, shard_path
 from pipeline.packing import unpack_token_batch
 from pipeline.shards import ShardWriter, dtype_for_vocab
-
-
-def _is_remote(path: str) -> bool:
-    return "://" in path
 
 
 @contextmanager
 def replaced_on_close(path: str) -> Iterator[IO[bytes]]:
     """``with replaced_on_close(path) as f: f.write(...)``: ``path`` (local or gs://) appears all at once when the
     block ends without an error; on an error the temporary file is removed and ``path`` is left as it was."""
-    if not _is_remote(path):
+    if not is_remote(path):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with files.atomic_open(path, "wb") as f:
             yield f

@@ -3,6 +3,9 @@
 Counters (namespace COUNTER_NAMESPACE): ``files`` (input files opened), ``read`` (raw records parsed),
 ``kept`` and ``tokens`` (documents and tokens written to shards), ``rejected_<reason>`` (one per reason).
 The manifest lists every reason in REASONS, with 0 for those that never fired, so two runs' counts line up.
+
+Distributions (same namespace), one per grouping step, of the bytes of the values under one key
+(pipeline.packing.packed_size), so that a run reports its largest group: GROUP_METRICS.
 """
 from __future__ import annotations
 
@@ -14,3 +17,10 @@ COUNTER_NAMESPACE = "prepare"
 UNREADABLE_FILE = "unreadable_file"  # a file that cannot be opened, decompressed or parsed as its format
 EXACT_DUPLICATE = "exact_duplicate"  # same dedup_key as a document with a smaller (document_key, source)
 REASONS: tuple[str, ...] = (UNREADABLE_FILE,) + documents.REASONS + filters.REASONS + (EXACT_DUPLICATE,)
+
+# Grouping step -> the name of its distribution metric of group sizes in bytes.
+GROUP_METRICS = {
+    "dedup": "group_bytes_dedup",  # (dedup_key, document_key, source): one document and its winner's mark
+    "write": "group_bytes_write",  # (split, shard, part): the packed token batches of one part of a shard
+    "merge": "group_bytes_merge",  # (split, shard): the names of its run files
+}

@@ -9,6 +9,8 @@ disagree. Standard library only (``pipeline.prepare`` checks the output before i
     DIR/val/shard-SSSSS-of-NNNNN.bin / .idx
     DIR/rejected/STAGE-SSSSS-of-NNNNN.jsonl.gz     dropped records of one stage (parse, quality, dedup)
     DIR/_corpus/builtin-NNNNN.jsonl.gz             --builtin-corpus input (pipeline.builtin_corpus)
+    DIR/_runs/SPLIT-SSSSS-part-PPPPP.run           key-sorted pieces of a shard (pipeline.runs), removed
+                                                   once every shard is written, before the manifest
 
 plus the temporary names of those files while they are written (``NAME.tmp-...``, pipeline.files.TEMP_MARKER)
 and Beam's temporary folders for the rejected files (``rejected/beam-temp-STAGE-<32 hex digits>/``), which a
@@ -25,9 +27,10 @@ TOKENIZER_NAME = "tokenizer.model"
 SPLITS = ("train", "val")  # one folder of shards each, in manifest order
 REJECTED_DIR = "rejected"
 CORPUS_DIR = "_corpus"
+RUNS_DIR = "_runs"
 
 OUTPUT_FILES = (MANIFEST_NAME, TOKENIZER_NAME)
-OUTPUT_DIRS = SPLITS + (REJECTED_DIR, CORPUS_DIR)
+OUTPUT_DIRS = SPLITS + (REJECTED_DIR, CORPUS_DIR, RUNS_DIR)
 
 _TEMP = re.escape(TEMP_MARKER) + r"[0-9a-f-]+"
 _SHARD = re.compile(r"shard-\d{5}-of-\d{5}\.(bin|idx)(" + _TEMP + ")?")
@@ -36,6 +39,7 @@ _OWN_IN_DIR = {
     **{split: _SHARD for split in SPLITS},
     REJECTED_DIR: re.compile(r"[a-z_]+-\d{5}-of-\d{5}\.jsonl\.gz"),
     CORPUS_DIR: re.compile(r"builtin-\d{5}\.jsonl\.gz"),
+    RUNS_DIR: re.compile(r"(" + "|".join(SPLITS) + r")-\d{5}-part-\d{5}\.run(" + _TEMP + ")?"),
 }
 _OWN_FILE = re.compile("(" + "|".join(map(re.escape, OUTPUT_FILES)) + ")(" + _TEMP + ")?"
                        + r"|\.write-test-.*")  # prepare's check that DIR is writable (a NamedTemporaryFile)
@@ -45,6 +49,16 @@ _BEAM_TEMP_DIR = re.compile(r"beam-temp-[a-z_]+-[0-9a-f]{32}")  # WriteToText's,
 def shard_path(split: str, index: int, count: int) -> str:
     """Shard prefix relative to the output directory, e.g. "train/shard-00000-of-00008"."""
     return f"{split}/shard-{index:05d}-of-{count:05d}"
+
+
+def run_path(split: str, shard: int, part: int) -> str:
+    """A run file relative to the output directory, e.g. "_runs/train-00003-part-00001.run"."""
+    return f"{RUNS_DIR}/{split}-{shard:05d}-part-{part:05d}.run"
+
+
+def is_run_file(name: str) -> bool:
+    """Whether ``name`` (a file name inside RUNS_DIR) is a run file or a run file's temporary name."""
+    return bool(_OWN_IN_DIR[RUNS_DIR].fullmatch(name))
 
 
 def is_output(rel: str) -> bool:

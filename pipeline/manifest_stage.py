@@ -1,5 +1,7 @@
 """Manifest stage: the run's totals -> DIR/manifest.json, written last (its presence marks a finished run).
 
+Just before it writes the manifest, it removes the write stage's run files (DIR/_runs/, pipeline.write).
+
 pipeline.manifest is the file's contract and its reader (standard library only, for the trainer); this is the
 Beam stage that gathers what the manifest says from every other stage and checks, before writing, that every
 record read was either kept or rejected.
@@ -14,7 +16,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipeline.counters import REASONS
 from pipeline.layout import REJECTED_DIR, SPLITS, TOKENIZER_NAME
 from pipeline.manifest import MANIFEST_NAME, manifest_json
-from pipeline.write import write_bytes
+from pipeline.write import remove_runs, write_bytes
 
 
 def build_manifest(read: int, rejected: dict[str, int], shard_stats: list[dict], info: dict, config: dict,
@@ -50,6 +52,7 @@ class _WriteManifestFn(beam.DoFn):
 
     def process(self, _, read, rejected, shard_stats, info, rejected_files):
         manifest = build_manifest(read, dict(rejected), list(shard_stats), info, self.config, list(rejected_files))
+        remove_runs(self.output_dir)  # every shard is in place (its stats are here); a retry finds none left
         path = FileSystems.join(self.output_dir, MANIFEST_NAME)
         write_bytes(path, manifest_json(manifest, path).encode("utf-8"))
         yield manifest

@@ -1,10 +1,10 @@
 """How documents and tokens cross a shuffle: compressed with zstd (level 1), in one frame per element.
 
-Every kept document crosses the dedup shuffle and every token the shard shuffle, so their size is what the
-runner holds (the local runner keeps a grouped stage's input in memory and streams each worker its share,
-see pipeline.local_runner) and what a Dataflow shuffle bills. Level 1 because each element is compressed
-once and decompressed once: a higher level costs more CPU than the bytes it saves. Token ids compress much
-better in one frame per batch of documents than one per document (the frame gets to see the repeats).
+Every kept document crosses the dedup shuffle and every token the write shuffle, so their size is what the
+runner holds (the local runner keeps a grouped stage's input in its memory and hands each worker its share)
+and what a Dataflow shuffle bills. Level 1 because each element is compressed once and decompressed once: a
+higher level costs more CPU than the bytes it saves. Token ids compress much better in one frame per batch
+of documents than one per document (the frame gets to see the repeats).
 """
 from __future__ import annotations
 
@@ -40,6 +40,16 @@ def pack_token_batch(items: list[tuple[tuple[str, str], bytes]]) -> tuple[list, 
     tokens), and all tokens in one zstd frame."""
     blob = _zstd().compressor.compress(b"".join(b for _, b in items))
     return [k for k, _ in items], [len(b) for _, b in items], blob
+
+
+def packed_size(packed) -> int:
+    """Bytes of a packed document or token batch as it crosses a shuffle (its strings and byte strings, without
+    the coder's few bytes of framing): what the pipeline's group-size metrics add up."""
+    if isinstance(packed, (bytes, str)):
+        return len(packed)
+    if isinstance(packed, (list, tuple)):
+        return sum(packed_size(x) for x in packed)
+    return 8  # a number or a flag
 
 
 def unpack_token_batch(packed: tuple[list, list[int], bytes]) -> list[tuple[tuple[str, str], bytes]]:

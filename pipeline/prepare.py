@@ -5,11 +5,14 @@ One Apache Beam pipeline; build_pipeline wires these stages, in this order, each
     pipeline.read             ReadFiles / ReadHuggingFace   input files or dataset rows -> raw records
     pipeline.filter_stage     ParseRecords                  raw record -> Document | Rejection (invalid_utf8, ...)
                               GopherFilter                  Document -> kept | Rejection (too_few_words, ...)
-    pipeline.dedup            ExactDedup                    global GroupByKey on dedup_key; one document per key stays
+    pipeline.dedup            ExactDedup                    CombinePerKey(min) of each text's ranks, then a join on
+                                                            (text, rank): one document per text stays, no hot key
     pipeline.tokenizer_stage  TrainTokenizer / GivenTokenizer   hash sample -> DIR/tokenizer.model -> tokenizer info
-                              TokenizeAndAssign             Document -> token bytes, batched per (split, shard)
-                                                            (pipeline.split: a hash of the document_key)
-    pipeline.write            WriteShards                   per shard: sort by key, write .bin, then .idx
+    pipeline.write            PlanWrite                     kept text size -> parts per shard (bounded groups)
+    pipeline.tokenizer_stage  TokenizeAndAssign             Document -> token bytes, batched per (split, shard, part)
+                                                            (pipeline.split: hashes of the document_key)
+    pipeline.write            WriteShards                   per part: a key-sorted run file; per shard: k-way merge
+                                                            of its runs -> .bin, then .idx
     pipeline.rejected         WriteRejected, CountRejected  each dropping stage's Rejections -> DIR/rejected/
     pipeline.manifest_stage   WriteManifest                 totals -> DIR/manifest.json (written last)
 
@@ -31,7 +34,8 @@ On Dataflow (inputs and output on GCS):
         --runner DataflowRunner --project P --region R --temp_location gs://B/tmp --setup_file ./setup.py
 
 Without --runner the local FnApiRunner is used directly (in-process, or one process per worker with
---direct_num_workers N), so Beam never tries to download its Prism runner.
+--direct_num_workers N), Beam's own, so Beam never tries to download its Prism runner. Every grouping is
+bounded by the pipeline's shape, not by the runner (docs/data.md, "Groups and their bounds").
 """
 from __future__ import annotations
 
@@ -41,18 +45,21 @@ import logging
 import os
 import sys
 import tempfile
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, field, fields
 
 from pipeline import layout
 from pipeline.files import is_remote, list_tree, remove_listed
 from pipeline.filters import FilterConfig
-from pipeline.local_runner import DEFAULT_TRANSFER_BYTES
 from pipeline.manifest import MANIFEST_NAME, load_manifest
 
 LOG = logging.getLogger("pipeline.prepare")
 
 MIN_VOCAB_SIZE = 320  # 256 byte-fallback pieces + 3 specials + room for merges
 MAX_SHARDS = 99_999  # shard names have five digits
+DEFAULT_MAX_WRITE_GROUP_MB = 256.0
+DEFAULT_REMOTE_WRITE_GROUPS = 64  # a runner whose worker count is not given up front (Dataflow autoscaling)
+LOCAL_RUNNERS = (None, "DirectRunner", "SwitchingDirectRunner", "FnApiRunner")  # --runner values run locally
+RULE_SETS = ("gopher",)  # --rules; "none" turns every quality rule off
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,14 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="train the tokenizer on this many MB (million characters) of kept documents, "
                      "chosen by hash of the document key")
 
-    loc = p.add_argument_group("local runs (the FnApiRunner used without --runner)")
-    loc.add_argument("--local-transfer-mb", type=float, default=DEFAULT_TRANSFER_BYTES / (1 << 20),
-                     help="data messages between the local runner and its workers, both ways, of about this many "
-                     "MB, so a worker never holds its whole share of a grouped stage nor 10 MB output buffers; "
-                     "0 = Beam's stock runner and worker, which send that share as one message and outputs in "
-                     "10 MB messages (same results, more worker memory)")
+    out.add_argument("--max-write-group-mb", type=float, default=DEFAULT_MAX_WRITE_GROUP_MB,
+                     help="bound on one write group (the token batches of one part of a shard, as they cross the "
+                     "shuffle): shards are written in enough parts to stay under it")
+    out.add_argument("--min-write-groups", type=int, default=0,
+                     help="at least this many train write groups, so that every worker writes; 0 = the local "
+                     "worker count, or Dataflow's --max_num_workers / --num_workers, else "
+                     f"{DEFAULT_REMOTE_WRITE_GROUPS}")
 
     flt = p.add_argument_group("filters (Gopher, Rae et al. 2021, Table A1)")
+    flt.add_argument("--rules", default="gopher", metavar="SETS",
+                     help=f"quality rule sets to apply, comma-separated: {', '.join(RULE_SETS)}; or none")
     for f in fields(FilterConfig):
         flt.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=f.default,
                          type=int if f.type in ("int", int) else float, help=f.metadata.get("help"))
@@ -138,9 +148,11 @@ def validate_args(args: argparse.Namespace) -> None:
     if not 0 <= args.rejected_files <= MAX_SHARDS:
         raise ValueError(f"--rejected-files {args.rejected_files}: use 0 (one file per bundle) or a count up to "
                          f"{MAX_SHARDS}")
-    if not 0 <= args.local_transfer_mb <= 1024:
-        raise ValueError(f"--local-transfer-mb {args.local_transfer_mb}: use a size in MB up to 1024, "
-                         "or 0 for Beam's stock transfers")
+    if not 0.01 <= args.max_write_group_mb <= 1e6:
+        raise ValueError(f"--max-write-group-mb {args.max_write_group_mb}: use a size in MB between 0.01 and 1e6")
+    if not 0 <= args.min_write_groups <= MAX_SHARDS:
+        raise ValueError(f"--min-write-groups {args.min_write_groups}: use 0 (automatic) or a count up to {MAX_SHARDS}")
+    rule_sets(args.rules)
     if args.builtin_corpus_mb is not None and args.builtin_corpus_mb <= 0:
         raise ValueError(f"--builtin-corpus-mb {args.builtin_corpus_mb}: use a positive number of MB")
     for flag, value in (("--text-field", args.text_field), ("--id-field", args.id_field)):
@@ -151,21 +163,33 @@ def validate_args(args: argparse.Namespace) -> None:
                          "output, run `python -m pipeline.builtin_corpus --out DIR`, upload DIR, and pass --input")
 
 
-def resolve_inputs(globs: list[str]) -> list[str]:
-    """Every file matched by the globs (local or gs://), sorted and de-duplicated; a glob matching nothing is an error."""
+def rule_sets(value: str) -> tuple[str, ...]:
+    """The rule sets of --rules ("gopher", "none", ...), checked."""
+    names = tuple(n.strip() for n in value.split(",") if n.strip())
+    if names == ("none",):
+        return ()
+    unknown = [n for n in names if n not in RULE_SETS]
+    if unknown or not names:
+        raise ValueError(f"--rules {value!r}: use a comma-separated list of {', '.join(RULE_SETS)}, or none")
+    return names
+
+
+def resolve_inputs(globs: list[str]) -> dict[str, int]:
+    """{path: size in bytes} of every file matched by the globs (local or gs://), sorted by path, each once; a
+    glob matching nothing is an error."""
     from apache_beam.io.filesystems import FileSystems
 
-    files = set()
+    files = {}
     for pattern in globs:
         if not is_remote(pattern) and os.path.isdir(pattern):
             raise ValueError(f"--input {pattern} is a directory; pass a glob such as '{pattern.rstrip('/')}/*.jsonl.gz'")
-        matched = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
-        matched = [m for m in matched if is_remote(m) or not os.path.isdir(m)]
+        matched = [m for m in FileSystems.match([pattern])[0].metadata_list
+                   if is_remote(m.path) or not os.path.isdir(m.path)]
         if not matched:
             raise FileNotFoundError(f"--input {pattern} matches no file; check the path (quote globs so the shell "
                                     "does not expand them)")
-        files.update(matched)
-    return sorted(files)
+        files.update((m.path, m.size_in_bytes) for m in matched)
+    return dict(sorted(files.items()))
 
 
 def check_output(output: str, overwrite: bool) -> None:
@@ -247,14 +271,13 @@ def load_given_tokenizer(path: str) -> dict:
         raise ValueError(f"--tokenizer {path} is not a SentencePiece model ({e})") from e
 
 
-def pipeline_options(beam_args: list[str], transfer_bytes: int, fork_server=None):
+def pipeline_options(beam_args: list[str]):
     """PipelineOptions from the pass-through flags, plus the runner instance to use (None = the named runner).
-    A local runner and its workers exchange data in messages of about ``transfer_bytes`` (pipeline.local_runner);
-    its multi_processing workers are forked from ``fork_server`` (pipeline.local_worker.ForkServer).
 
-    Without --runner (or with DirectRunner) this returns Beam's FnApiRunner: Beam's DirectRunner would
-    first try the Prism runner, which downloads a binary. --direct_num_workers N > 1 implies
-    --direct_running_mode=multi_processing unless another mode is given.
+    Without --runner (or with DirectRunner) this returns Beam's FnApiRunner, given the options the way Beam's
+    DirectRunner gives them to its workers: DirectRunner itself would first try the Prism runner, which downloads
+    a binary. --direct_num_workers N > 1 implies --direct_running_mode=multi_processing unless another mode is
+    given.
     """
     from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
@@ -264,18 +287,50 @@ def pipeline_options(beam_args: list[str], transfer_bytes: int, fork_server=None
     if direct.direct_num_workers != 1 and not any(a.startswith("--direct_running_mode") for a in args):
         args.append("--direct_running_mode=multi_processing")
         options = PipelineOptions(args)
-    runner = options.view_as(StandardOptions).runner
-    from pipeline.local_runner import LOCAL_RUNNERS, make_local_runner
-
-    if runner not in LOCAL_RUNNERS:
+    if options.view_as(StandardOptions).runner not in LOCAL_RUNNERS:
         return options, None
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    from apache_beam.runners.portability.fn_api_runner.fn_runner import ExtendedProvisionInfo
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
-    return options, make_local_runner(options, transfer_bytes, fork_server)
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    info = ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
+    return options, FnApiRunner(provision_info=info)
 
 
-def build_pipeline(p, args, cfg: FilterConfig, files: list[str], hf_rows: int, given_tokenizer: dict | None,
-                   config: dict) -> None:
-    """Attach every stage to pipeline ``p``, in the order of the module docstring."""
+def local_workers(options) -> int | None:
+    """Worker processes (or threads) of a local run, None for another runner."""
+    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+
+    if options.view_as(StandardOptions).runner not in LOCAL_RUNNERS:
+        return None
+    return options.view_as(DirectOptions).direct_num_workers or os.cpu_count() or 1
+
+
+def min_write_groups(args: argparse.Namespace, options) -> int:
+    """--min-write-groups, or when 0: every local worker, or Dataflow's worker cap, gets a write group."""
+    if args.min_write_groups:
+        return args.min_write_groups
+    local = local_workers(options)
+    if local is not None:
+        return local
+    from apache_beam.options.pipeline_options import WorkerOptions
+
+    workers = options.view_as(WorkerOptions)
+    return workers.max_num_workers or workers.num_workers or DEFAULT_REMOTE_WRITE_GROUPS
+
+
+def is_dry_run(options) -> bool:
+    """Dataflow's --dry_run True: the job is built (translated, every DoFn pickled) and not submitted."""
+    from apache_beam.options.pipeline_options import TestOptions
+
+    return bool(options.view_as(TestOptions).dry_run)
+
+
+def build_pipeline(p, args, cfg: FilterConfig | None, files: list[str], hf_rows: int, given_tokenizer: dict | None,
+                   config: dict, write_groups: int) -> None:
+    """Attach every stage to pipeline ``p``, in the order of the module docstring. ``cfg`` None: no quality rules."""
     import apache_beam as beam
 
     from pipeline.dedup import ExactDedup
@@ -284,7 +339,7 @@ def build_pipeline(p, args, cfg: FilterConfig, files: list[str], hf_rows: int, g
     from pipeline.read import ReadFiles, ReadHuggingFace
     from pipeline.rejected import CountRejected, WriteRejected
     from pipeline.tokenizer_stage import GivenTokenizer, TokenizeAndAssign, TrainTokenizer
-    from pipeline.write import WriteShards
+    from pipeline.write import PlanWrite, WriteShards
 
     out = args.output
     sources = []
@@ -296,20 +351,28 @@ def build_pipeline(p, args, cfg: FilterConfig, files: list[str], hf_rows: int, g
     records = tuple(sources) | "AllRecords" >> beam.Flatten()
 
     docs, unparsable = records | "ParseRecords" >> ParseRecords(args.text_field, args.id_field)
-    kept, low_quality = docs | "GopherFilter" >> GopherFilter(cfg)
+    dropping = [("parse", unparsable)]
+    kept = docs
+    if cfg is not None:
+        kept, low_quality = docs | "GopherFilter" >> GopherFilter(cfg)
+        dropping.append(("quality", low_quality))
     unique, duplicates = kept | "ExactDedup" >> ExactDedup()
+    dropping.append(("dedup", duplicates))
     if given_tokenizer is not None:
         tokenizer = p | "GivenTokenizer" >> GivenTokenizer(given_tokenizer, out)
     else:
         tokenizer = unique | "TrainTokenizer" >> TrainTokenizer(
             args.vocab_size, int(args.tokenizer_sample_mb * 1e6), out)
     val_shards = args.val_shards if args.val_fraction > 0 else 0
-    keyed = unique | "Tokenize" >> TokenizeAndAssign(tokenizer, args.val_fraction, args.train_shards, val_shards)
+    plan = unique | "PlanWrite" >> PlanWrite(tokenizer, args.val_fraction, args.train_shards, val_shards,
+                                             int(args.max_write_group_mb * (1 << 20)), write_groups)
+    keyed = unique | "Tokenize" >> TokenizeAndAssign(tokenizer, plan, args.val_fraction, args.train_shards,
+                                                     val_shards)
     shard_stats = keyed | "WriteShards" >> WriteShards(tokenizer, out, args.train_shards, val_shards)
     # Each dropping stage writes and counts its own rejections (no Flatten first), so that work fuses into
     # the stage and the rejected text never passes through the runner; only file names and counts meet.
     files, counts = [], []
-    for stage, rejected in (("parse", unparsable), ("quality", low_quality), ("dedup", duplicates)):
+    for stage, rejected in dropping:
         files.append(rejected | f"WriteRejected-{stage}" >> WriteRejected(out, stage, args.rejected_files))
         counts.append(rejected | f"CountRejected-{stage}" >> CountRejected())
     rejected_files = files | "AllRejectedFiles" >> beam.Flatten()
@@ -318,32 +381,42 @@ def build_pipeline(p, args, cfg: FilterConfig, files: list[str], hf_rows: int, g
                                              rejected_files)
 
 
+@dataclass
+class Outcome:
+    """What a run gives back: the manifest (None for a dry run), the largest group of each grouping step in bytes
+    and how many groups it had (pipeline.counters.GROUP_METRICS; empty where the runner reports no metrics), the
+    write groups' bound in bytes, and for a dry run the number of transforms of the job that was built."""
+
+    manifest: dict | None
+    largest_groups: dict[str, int] = field(default_factory=dict)
+    group_counts: dict[str, int] = field(default_factory=dict)
+    max_write_group_bytes: int = 0
+    dry_run_transforms: int = 0
+
+
 def run(argv: list[str] | None = None) -> dict:
     """Parse flags, check everything that can be checked up front, run the pipeline, return the manifest."""
-    from pipeline.local_worker import start_fork_server
+    outcome = prepare(argv)
+    if outcome.manifest is None:
+        raise ValueError("a dry run (--dry_run True) builds the job without running it: there is no manifest")
+    return outcome.manifest
+
+
+def prepare(argv: list[str] | None = None) -> Outcome:
+    """run(), returning the whole Outcome."""
+    import apache_beam as beam
 
     parser = build_parser()
     args, beam_args = parser.parse_known_args(argv)
     validate_args(args)
-    cfg = filter_config(args)
-    transfer_bytes = int(args.local_transfer_mb * (1 << 20))
-    # Before this process imports Beam, so that the fork server's import of it overlaps this one
-    # (pipeline.local_worker); it exits with the run.
-    fork_server = start_fork_server(beam_args, transfer_bytes)
-    try:
-        return _run(args, beam_args, cfg, transfer_bytes, fork_server)
-    finally:
-        if fork_server is not None:
-            fork_server.close()
+    sets = rule_sets(args.rules)
+    cfg = filter_config(args)  # checked even when --rules leaves it unused
+    cfg = cfg if "gopher" in sets else None
+    options, runner = pipeline_options(beam_args)
+    dry_run = is_dry_run(options)
 
-
-def _run(args: argparse.Namespace, beam_args: list[str], cfg: FilterConfig, transfer_bytes: int,
-         fork_server) -> dict:
-    import apache_beam as beam
-
-    options, runner = pipeline_options(beam_args, transfer_bytes, fork_server)
-
-    files = resolve_inputs(args.input)
+    sizes = resolve_inputs(args.input)
+    files = list(sizes)
     given = load_given_tokenizer(args.tokenizer) if args.tokenizer else None
     hf_rows = 0
     if args.hf_dataset:
@@ -354,29 +427,67 @@ def _run(args: argparse.Namespace, beam_args: list[str], cfg: FilterConfig, tran
             raise ValueError(f"--hf-dataset {args.hf_dataset} has no column {args.text_field!r} "
                              f"(columns: {ds.column_names}); set --text-field")
         hf_rows = len(ds)
-    check_output(args.output, args.overwrite)
+    if dry_run and is_remote(args.output):
+        # Listing or writing a gs:// output needs Cloud Storage credentials, which a dry run must not need.
+        LOG.warning("dry run: the checks of --output %s are skipped (they need Cloud Storage access)", args.output)
+    else:
+        check_output(args.output, args.overwrite)
     if args.builtin_corpus:
         from pipeline.builtin_corpus import write_builtin_corpus
 
         max_bytes = int(args.builtin_corpus_mb * 1e6) if args.builtin_corpus_mb else None
         corpus = write_builtin_corpus(os.path.join(args.output, layout.CORPUS_DIR), max_bytes=max_bytes,
                                       include_site_packages=args.builtin_site_packages)
-        files = sorted(set(files) | set(os.path.abspath(c) for c in corpus))
+        for c in corpus:
+            sizes[os.path.abspath(c)] = os.path.getsize(c)
+        files = sorted(sizes)
     if not files and not hf_rows:
         raise ValueError("the inputs hold no records (empty dataset); check --input / --hf-dataset")
 
     config = {k: v for k, v in sorted(vars(args).items()) if k not in {f.name for f in fields(FilterConfig)}}
-    config.update(filters=asdict(cfg), beam_args=list(beam_args), input_files=len(files))
+    config.update(filters=asdict(cfg) if cfg else None, beam_args=list(beam_args), input_files=len(files))
+    write_groups = min_write_groups(args, options)
     p = beam.Pipeline(runner=runner, options=options)
-    build_pipeline(p, args, cfg, files, hf_rows, given, config)
-    p.run().wait_until_finish()
+    build_pipeline(p, args, cfg, files, hf_rows, given, config, write_groups)
+    max_group = int(args.max_write_group_mb * (1 << 20))
+    if dry_run:
+        transforms = len(p.to_runner_api().components.transforms)
+        p.run().wait_until_finish()
+        return Outcome(None, max_write_group_bytes=max_group, dry_run_transforms=transforms)
+    result = p.run()
+    result.wait_until_finish()
+    largest, counts = group_metrics(result)
 
     if is_remote(args.output):
         from apache_beam.io.filesystems import FileSystems
 
         with FileSystems.open(FileSystems.join(args.output, MANIFEST_NAME)) as f:
-            return json.loads(f.read().decode("utf-8"))
-    return load_manifest(args.output)
+            manifest = json.loads(f.read().decode("utf-8"))
+    else:
+        manifest = load_manifest(args.output)
+    return Outcome(manifest, largest, counts, max_group)
+
+
+def group_metrics(result) -> tuple[dict[str, int], dict[str, int]]:
+    """({step: bytes of its largest group}, {step: number of groups}) from the run's distribution metrics
+    (pipeline.counters.GROUP_METRICS); empty for a runner that reports none."""
+    from apache_beam.metrics.metric import MetricsFilter
+
+    from pipeline.counters import COUNTER_NAMESPACE, GROUP_METRICS
+
+    largest, counts = {}, {}
+    try:
+        found = result.metrics().query(MetricsFilter().with_namespace(COUNTER_NAMESPACE))["distributions"]
+    except (NotImplementedError, AttributeError):  # a runner without metrics
+        return largest, counts
+    for step, name in GROUP_METRICS.items():
+        for m in found:
+            value = m.committed if m.committed is not None else m.attempted
+            if m.key.metric.name != name or value is None or not value.count:
+                continue
+            largest[step] = max(largest.get(step, 0), value.max)
+            counts[step] = counts.get(step, 0) + value.count
+    return largest, counts
 
 
 def summary(manifest: dict) -> str:
@@ -386,17 +497,31 @@ def summary(manifest: dict) -> str:
             f"tokens train {tokens['train']} val {tokens['val']} | vocab {manifest['tokenizer']['vocab_size']}")
 
 
+def groups_line(outcome: Outcome) -> str:
+    """One line: the largest group of each grouping step, against the write bound."""
+    mb = 1 << 20
+    sizes = ", ".join(f"{step} {n / mb:.3f} MB of {outcome.group_counts[step]} groups"
+                      for step, n in sorted(outcome.largest_groups.items()))
+    return (f"largest group: {sizes or 'not reported by this runner'} "
+            f"(write groups bounded at {outcome.max_write_group_bytes / mb:.3g} MB)")
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Local worker processes forward start-up notices ("No semi_persistent_directory", discarded runner
     # flags) as warnings on every run; their errors still come through.
     logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
     try:
-        manifest = run(argv)
+        outcome = prepare(argv)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(summary(manifest))
+    if outcome.manifest is None:
+        print(f"dry run: the Dataflow job was built ({outcome.dry_run_transforms} transforms, every DoFn pickled) "
+              "and not submitted")
+        return 0
+    print(groups_line(outcome))
+    print(summary(outcome.manifest))
     return 0
 
 

@@ -1,9 +1,9 @@
 """Which split and shard a document goes to: a pure function of its document_key, the same on every machine.
 
 sha256 (never Python's ``hash()``, which is salted per process) of a salt and the key, read as a number in
-[0, 1). The split and the shard use independent salts, so the val split favours no train shard, and the
-tokenizer sample (pipeline.tokenizer_stage) a third salt. Changing anything here moves documents between shards
-of every existing run: tests/test_transforms.py pins the values.
+[0, 1). The split and the shard use independent salts, so the val split favours no train shard; the tokenizer
+sample (pipeline.tokenizer_stage) and the write part (pipeline.write) have salts of their own. Changing
+anything here moves documents between shards of every existing run: tests/test_transforms.py pins the values.
 """
 from __future__ import annotations
 
@@ -25,3 +25,9 @@ def assign_shard(key: str, val_fraction: float, train_shards: int, val_shards: i
     if val_fraction > 0 and hash_unit(key, "split") < val_fraction:
         return "val", int(hash_unit(key, "val-shard") * val_shards)
     return "train", int(hash_unit(key, "train-shard") * train_shards)
+
+
+def assign_part(key: str, parts: int) -> int:
+    """The write group of a document within its shard (pipeline.write): an independently salted hash of its
+    document_key into ``parts`` parts. Parts change only how a shard is written, never its bytes."""
+    return int(hash_unit(key, "write-part") * parts)

@@ -4,8 +4,9 @@
                          up to a character budget (bottom-k: the same sample whatever the runner's splits)
     TrainTokenizer       sample -> SentencePiece model, written to DIR/tokenizer.model -> tokenizer info
     GivenTokenizer       --tokenizer PATH, copied to DIR/tokenizer.model -> tokenizer info
-    TokenizeAndAssign    (dedup_key, Document) -> ((split, shard), packed batch of ((document_key, dedup_key),
-                         token bytes)), with the tokenizer info as a singleton side input
+    TokenizeAndAssign    (dedup_key, Document) -> ((split, shard, part), packed batch of ((document_key,
+                         dedup_key), token bytes)), with the tokenizer info and the write plan
+                         (pipeline.write.PlanWrite) as singleton side inputs
 
 The tokenizer info is one dict (model bytes, vocab size, eos id, sha256) passed as a side input, so the runner
 finishes training before any document is tokenized, and nothing is read or filtered twice. pipeline.tokenizer
@@ -25,7 +26,7 @@ from pipeline.counters import COUNTER_NAMESPACE
 from pipeline.layout import REJECTED_DIR, TOKENIZER_NAME
 from pipeline.packing import pack_token_batch
 from pipeline.shards import dtype_for_vocab
-from pipeline.split import assign_shard, hash_unit
+from pipeline.split import assign_part, assign_shard, hash_unit
 from pipeline.write import write_bytes
 
 
@@ -153,28 +154,29 @@ class GivenTokenizer(beam.PTransform):
         return pbegin | "Model" >> beam.Create([self.info]) | "Copy" >> beam.ParDo(_CopyTokenizerFn(self.output_dir))
 
 
-# Token bytes a tokenizing worker may hold in open batches, over all shards: with many shards each batch is
-# smaller (down to MIN_TOKEN_BATCH_BYTES), so a worker's memory does not grow with the number of shards.
+# Token bytes a tokenizing worker may hold in open batches, over all write groups: with many groups each batch
+# is smaller (down to MIN_TOKEN_BATCH_BYTES), so a worker's memory does not grow with the number of groups.
 OPEN_BATCHES_BYTES = 16 << 20
 MAX_TOKEN_BATCH_BYTES, MIN_TOKEN_BATCH_BYTES = 1 << 20, 16 << 10
 
 
-def token_batch_bytes(shards: int) -> int:
-    """Size of one shard's batch of token bytes when ``shards`` shards (train + val) are open at once."""
-    return max(MIN_TOKEN_BATCH_BYTES, min(MAX_TOKEN_BATCH_BYTES, OPEN_BATCHES_BYTES // max(shards, 1)))
+def token_batch_bytes(groups: int) -> int:
+    """Size of one write group's batch of token bytes when ``groups`` groups (train + val) are open at once."""
+    return max(MIN_TOKEN_BATCH_BYTES, min(MAX_TOKEN_BATCH_BYTES, OPEN_BATCHES_BYTES // max(groups, 1)))
 
 
 class _TokenizeFn(beam.DoFn):
-    """(dedup_key, Document) -> ((split, shard), packed batch of ((document_key, dedup_key), token bytes)).
+    """(dedup_key, Document) -> ((split, shard, part), packed batch of ((document_key, dedup_key), token bytes)).
 
     Tokens travel as raw bytes in the shard dtype (uint16 for vocabularies < 65500): half the size of the
-    UTF-8 text for typical English, and exactly what ShardWriter writes. Documents leave in batches per shard
-    of about ``batch_bytes`` token bytes, compressed (pack_token_batch): the shard grouping then handles one
-    element per batch instead of one per document (the local runner does that grouping in its launching
-    process, serially) and fewer bytes, and a worker holds at most one open batch per shard.
+    UTF-8 text for typical English, and exactly what ShardWriter writes. Documents leave in batches per write
+    group of about ``batch_bytes`` token bytes (default: token_batch_bytes of the number of groups), compressed
+    (pack_token_batch): the write grouping then handles one element per batch instead of one per document and
+    fewer bytes, and a worker holds at most one open batch per group. The part of a document is a hash of its
+    key into the write plan's parts per shard (pipeline.write.PlanWrite).
     """
 
-    def __init__(self, val_fraction: float, train_shards: int, val_shards: int, batch_bytes: int):
+    def __init__(self, val_fraction: float, train_shards: int, val_shards: int, batch_bytes: int | None):
         self.val_fraction, self.train_shards, self.val_shards = val_fraction, train_shards, val_shards
         self.batch_bytes = batch_bytes
         self.kept = Metrics.counter(COUNTER_NAMESPACE, "kept")
@@ -192,43 +194,48 @@ class _TokenizeFn(beam.DoFn):
         return self._tok
 
     def start_bundle(self):
-        self._batches: dict[tuple[str, int], tuple[list, int]] = {}  # shard -> (items, token bytes)
+        self._batches: dict[tuple[str, int, int], tuple[list, int]] = {}  # group -> (items, token bytes)
 
-    def process(self, element, info):
+    def process(self, element, info, plan):
         dkey, doc = element
         tok = self._tokenizer(info)
         key = documents.document_key(doc)
-        shard = assign_shard(key, self.val_fraction, self.train_shards, self.val_shards)
+        split, shard = assign_shard(key, self.val_fraction, self.train_shards, self.val_shards)
+        parts = plan["parts"]
+        group = (split, shard, assign_part(key, parts[split]))
+        batch_bytes = self.batch_bytes or token_batch_bytes(
+            self.train_shards * parts["train"] + self.val_shards * parts["val"])
         ids = tok.encode_document(doc.text)
         self.kept.inc()
         self.tokens.inc(len(ids))
         token_bytes = ids.astype(self._dtype).tobytes()
-        items, size = self._batches.get(shard, ([], 0))
+        items, size = self._batches.get(group, ([], 0))
         items.append(((key, dkey), token_bytes))
         size += len(token_bytes)
-        if size >= self.batch_bytes:
-            self._batches.pop(shard, None)
-            yield shard, pack_token_batch(items)
+        if size >= batch_bytes:
+            self._batches.pop(group, None)
+            yield group, pack_token_batch(items)
         else:
-            self._batches[shard] = (items, size)
+            self._batches[group] = (items, size)
 
     def finish_bundle(self):
-        for shard, (items, _) in sorted(self._batches.items()):
-            yield in_global_window((shard, pack_token_batch(items)))
+        for group, (items, _) in sorted(self._batches.items()):
+            yield in_global_window((group, pack_token_batch(items)))
         self._batches = {}
 
 
 class TokenizeAndAssign(beam.PTransform):
-    """(dedup_key, Document) -> shard-keyed batches of token bytes; the tokenizer info is a singleton side input.
-    ``batch_bytes`` defaults to token_batch_bytes(train_shards + val_shards)."""
+    """(dedup_key, Document) -> batches of token bytes keyed by write group (split, shard, part); the tokenizer
+    info and the write plan (pipeline.write.PlanWrite) are singleton side inputs. ``batch_bytes`` defaults to
+    token_batch_bytes of the number of write groups."""
 
-    def __init__(self, tokenizer, val_fraction: float, train_shards: int, val_shards: int,
+    def __init__(self, tokenizer, plan, val_fraction: float, train_shards: int, val_shards: int,
                  batch_bytes: int | None = None):
         super().__init__()
-        self.tokenizer = tokenizer
-        self.batch_bytes = batch_bytes or token_batch_bytes(train_shards + val_shards)
+        self.tokenizer, self.plan, self.batch_bytes = tokenizer, plan, batch_bytes
         self.val_fraction, self.train_shards, self.val_shards = val_fraction, train_shards, val_shards
 
     def expand(self, unique):
         fn = _TokenizeFn(self.val_fraction, self.train_shards, self.val_shards, self.batch_bytes)
-        return unique | "Encode" >> beam.ParDo(fn, beam.pvalue.AsSingleton(self.tokenizer))
+        return unique | "Encode" >> beam.ParDo(fn, beam.pvalue.AsSingleton(self.tokenizer),
+                                               beam.pvalue.AsSingleton(self.plan))

@@ -76,14 +76,13 @@ def write_jsonl():
 @pytest.fixture
 def beam_pipeline():
     """beam_pipeline() -> a TestPipeline on Beam's in-process FnApiRunner (no Prism download)."""
-    from apache_beam.options.pipeline_options import PipelineOptions
     from apache_beam.testing.test_pipeline import TestPipeline
 
-    from pipeline.local_runner import make_local_runner
+    from pipeline.prepare import pipeline_options
 
     def factory():
-        options = PipelineOptions([])
-        return TestPipeline(runner=make_local_runner(options), options=options)
+        options, runner = pipeline_options([])
+        return TestPipeline(runner=runner, options=options)
 
     return factory
 

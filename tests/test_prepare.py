@@ -19,7 +19,7 @@ require("apache_beam")
 from conftest import PREPARE_OPTIONS, gopher_text, write_jsonl_file  # noqa: E402
 from pipeline.counters import REASONS  # noqa: E402
 from pipeline.manifest import load_manifest  # noqa: E402
-from pipeline.prepare import check_output, main, run  # noqa: E402
+from pipeline.prepare import check_output, main, prepare, run  # noqa: E402
 from pipeline.shards import ShardReader, sha256_file  # noqa: E402
 from pipeline.split import assign_shard  # noqa: E402
 from pipeline.tokenizer import Tokenizer  # noqa: E402
@@ -29,7 +29,7 @@ def shard_files(out: str) -> dict[str, bytes]:
     """Every output file that must be byte-identical across runs: shards and the tokenizer."""
     files = {"tokenizer.model": open(os.path.join(out, "tokenizer.model"), "rb").read()}
     for split in ("train", "val"):
-        for name in sorted(os.listdir(os.path.join(out, split))):
+        for name in sorted(os.listdir(os.path.join(out, split))) if os.path.isdir(os.path.join(out, split)) else ():
             files[f"{split}/{name}"] = open(os.path.join(out, split, name), "rb").read()
     return files
 
@@ -84,16 +84,54 @@ def test_end_to_end(prepared):
 
 
 def test_two_workers_give_byte_identical_outputs(prepared, tmp_path):
-    """multi_processing with 2 worker processes (every DoFn is pickled) == the in-process run, byte for byte;
-    so do 1 KB transfers (every grouped stage reaches the workers in many messages) and Beam's stock transfers."""
+    """multi_processing with 2 worker processes (every DoFn is pickled), each shard written in many small parts,
+    == the in-process run with one part per shard, byte for byte; every write group stays under its bound."""
     strip = lambda m: {k: v for k, v in m.items() if k != "config"}  # noqa: E731 -- config records the flags
-    for name, flags in (("out2", ["--local-transfer-mb", "0.001"]), ("stock", ["--local-transfer-mb", "0"])):
-        out2 = str(tmp_path / name)
-        m2 = run(["--input", prepared["inputs"], "--output", out2, *PREPARE_OPTIONS, *flags,
-                  "--direct_num_workers", "2", "--direct_running_mode", "multi_processing"])
-        assert shard_files(out2) == shard_files(prepared["out"])
-        assert strip(m2) == strip(prepared["manifest"])
-        assert m2["config"]["beam_args"][-2:] == ["--direct_running_mode", "multi_processing"]
+    out2 = str(tmp_path / "out2")
+    outcome = prepare(["--input", prepared["inputs"], "--output", out2, *PREPARE_OPTIONS,
+                       "--max-write-group-mb", "0.01", "--direct_num_workers", "2",
+                       "--direct_running_mode", "multi_processing"])
+    assert shard_files(out2) == shard_files(prepared["out"])
+    assert strip(outcome.manifest) == strip(prepared["manifest"])
+    assert outcome.manifest["config"]["beam_args"][-2:] == ["--direct_running_mode", "multi_processing"]
+    assert outcome.group_counts["write"] > 2 * outcome.group_counts["merge"]  # several parts per shard
+    assert 0 < outcome.largest_groups["write"] <= outcome.max_write_group_bytes == int(0.01 * (1 << 20))
+    assert not os.path.exists(os.path.join(out2, "_runs"))  # the run files are gone once the manifest is written
+
+
+def test_every_worker_gets_a_write_group_whatever_the_shard_count(prepared, tmp_path):
+    """One train shard and two workers: the write stage still has (at least) two independent groups, counted by the
+    pipeline's own metric, and the shard is the one a single group writes."""
+    base = ["--input", prepared["inputs"], "--tokenizer", os.path.join(prepared["out"], "tokenizer.model"),
+            *PREPARE_OPTIONS, "--train-shards", "1", "--val-fraction", "0"]
+    two = prepare([*base, "--output", str(tmp_path / "two"), "--direct_num_workers", "2"])
+    assert two.group_counts["write"] >= 2 and two.group_counts["merge"] == 1
+    one = prepare([*base, "--output", str(tmp_path / "one"), "--min-write-groups", "1"])
+    assert one.group_counts["write"] == 1
+    assert shard_files(str(tmp_path / "two")) == shard_files(str(tmp_path / "one"))
+
+
+def test_rules_none_keeps_what_gopher_rejects(prepared, tmp_path):
+    m = run(["--input", prepared["inputs"], "--output", str(tmp_path / "out"), *PREPARE_OPTIONS, "--rules", "none",
+             "--tokenizer", os.path.join(prepared["out"], "tokenizer.model")])
+    assert m["documents"]["rejected"]["too_few_words"] == 0
+    assert m["documents"]["kept"] == prepared["manifest"]["documents"]["kept"] + 1  # the short document
+    assert m["config"]["filters"] is None and m["config"]["rules"] == "none"
+
+
+def test_dataflow_job_is_built_with_every_stage_and_not_submitted(prepared, tmp_path, capsys):
+    """--runner DataflowRunner --dry_run True: Beam translates the whole job and pickles every DoFn without
+    submitting it; the output checks that need Cloud Storage credentials are skipped, and the command says so."""
+    require("apache_beam.runners.dataflow")
+    argv = ["--input", prepared["inputs"], "--output", "gs://example-bucket/prepared", *PREPARE_OPTIONS,
+            "--runner", "DataflowRunner", "--dry_run", "True", "--project", "example-project",
+            "--region", "us-central1", "--temp_location", "gs://example-bucket/tmp"]
+    outcome = prepare(argv)
+    assert outcome.manifest is None and outcome.dry_run_transforms > 100
+    assert main(argv) == 0
+    assert "dry run: the Dataflow job was built" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="dry run"):
+        run(argv)
 
 
 def test_given_tokenizer_mixed_formats_and_overwrite(prepared, tmp_path):

@@ -29,16 +29,16 @@ from pipeline.dedup import ExactDedup  # noqa: E402
 from pipeline.documents import Document, Rejection, dedup_key, document_key  # noqa: E402
 from pipeline.filter_stage import GopherFilter, ParseRecords, _FilterFn, _ParseFn  # noqa: E402
 from pipeline.filters import FilterConfig  # noqa: E402
-from pipeline.layout import shard_path  # noqa: E402
+from pipeline.layout import RUNS_DIR, shard_path  # noqa: E402
 from pipeline.manifest_stage import build_manifest  # noqa: E402
 from pipeline.packing import pack_document, pack_token_batch, unpack_document, unpack_token_batch  # noqa: E402
 from pipeline.read import JSON_LINE, READ_ERROR, TEXT_FILE, VALUE, ReadFiles, input_format, iter_lines  # noqa: E402
 from pipeline.rejected import CountRejected, WriteRejected, _FormatRejectedFn, rejected_line  # noqa: E402
 from pipeline.shards import ShardReader  # noqa: E402
-from pipeline.split import assign_shard, hash_unit  # noqa: E402
+from pipeline.split import assign_part, assign_shard, hash_unit  # noqa: E402
 from pipeline.tokenizer import Tokenizer, train_tokenizer_bytes  # noqa: E402
 from pipeline.tokenizer_stage import BottomKByHashFn, TokenizeAndAssign, token_batch_bytes, tokenizer_info  # noqa: E402
-from pipeline.write import WriteShards, in_key_order  # noqa: E402
+from pipeline.write import WriteShards, in_key_order, remove_runs  # noqa: E402
 
 # ------------------------------------------------------------------------------------------------------
 # Pure helpers
@@ -178,7 +178,7 @@ def test_in_key_order_gives_every_documents_tokens_sorted_by_key(tmp_path, monke
                  for _ in range(rng.randrange(0, 60))]
         everything += items
         batches.append(pack_token_batch(items))
-    expected = [tokens for _, tokens in sorted(everything)]
+    expected = sorted(everything)
     assert list(in_key_order(batches)) == expected
     assert list(in_key_order(batches[::-1])) == expected
     assert list(in_key_order([])) == []
@@ -218,7 +218,7 @@ def test_in_key_order_holds_one_batch_of_tokens_at_a_time():
                 gc.collect()
                 assert live[0] <= 1  # the consumer holds at most the batch it was last given
 
-    expected = [tokens for _, tokens in sorted(x for batch in items for x in batch)]
+    expected = sorted(x for batch in items for x in batch)
     assert list(in_key_order(Paged())) == expected
     assert made[0] == 12  # two passes over the six batches
     with pytest.raises(RuntimeError, match="re-iterable"):
@@ -259,6 +259,8 @@ from pipeline.filter_stage import _ParseFn
 from pipeline.manifest_stage import build_manifest
 from pipeline.packing import pack_token_batch
 from pipeline.write import in_key_order
+from pipeline.runs import merge_runs, write_run
+import io
 assert False, "asserts must be off here"
 """
     checks = {
@@ -266,6 +268,8 @@ assert False, "asserts must be off here"
                     "'trained': True, 'sample_chars': 1}, {})",
         "sort key": "list(in_key_order([pack_token_batch([(('id:a', 'k'), b'ab')])] * 2))",
         "kind": "list(_ParseFn('text', 'id').process(('csv', 'f', b'', None)))",
+        "run order": "write_run(io.BytesIO(), [(('id:b', 'k'), b''), (('id:a', 'k'), b'')])",
+        "merge key": "list(merge_runs([iter([(('id:a', 'k'), b'')]), iter([(('id:a', 'k'), b'')])]))",
     }
     for name, call in checks.items():
         script = code + f"try:\n    {call}\nexcept RuntimeError as e:\n    print('refused:', e)\n"
@@ -355,20 +359,28 @@ def test_gopher_filter_in_batches_keeps_and_rejects_each_document_once(make_text
                     equal_to([(k, r) for k, r in expected.items() if r is not None]), label="rejected")
 
 
-@pytest.mark.parametrize("batch_bytes", [1 << 20, 64])  # one batch per shard; a batch every document or two
-def test_tokenize_and_write_shards(tmp_path, make_text, beam_pipeline, batch_bytes):
+@pytest.mark.parametrize("batch_bytes,parts", [(1 << 20, 1), (64, 1), (1 << 20, 4), (64, 7)])
+def test_tokenize_and_write_shards(tmp_path, make_text, beam_pipeline, batch_bytes, parts):
+    """Each shard holds its documents' tokens in key order, which is what the earlier writer (one group per shard,
+    sorted whole) wrote: the same bytes whether a shard is written in 1 part or several, batched finely or not."""
     texts = {f"d{i:02d}": make_text(100 + i) for i in range(30)}
     model = train_tokenizer_bytes(list(texts.values()), 400)
     info = tokenizer_info(model, trained=False)
     tok = Tokenizer.from_bytes(model)
     docs = [(dedup_key(x), Document(id=i, text=x, source=f"s:{i}")) for i, x in texts.items()]
     out = str(tmp_path)
+    plan = {"parts": {"train": parts, "val": 2}}
     with beam_pipeline() as p:
         tokenizer = p | "Tok" >> beam.Create([info])
-        keyed = p | beam.Create(docs) | TokenizeAndAssign(tokenizer, 0.2, 3, 2, batch_bytes)
+        keyed = (p | beam.Create(docs)
+                 | TokenizeAndAssign(tokenizer, p | "Plan" >> beam.Create([plan]), 0.2, 3, 2, batch_bytes))
         stats = keyed | WriteShards(tokenizer, out, 3, 2)
         assert_that(stats | beam.Map(lambda s: s["path"]), equal_to(
             [shard_path("train", i, 3) for i in range(3)] + [shard_path("val", i, 2) for i in range(2)]))
+    runs = sorted(os.listdir(tmp_path / RUNS_DIR))
+    assert len(runs) == len({(assign_shard(document_key(d), 0.2, 3, 2), assign_part(
+        document_key(d), plan["parts"][assign_shard(document_key(d), 0.2, 3, 2)[0]])) for _, d in docs})
+    assert remove_runs(out) == len(runs) and not (tmp_path / RUNS_DIR).exists()
 
     seen = {}
     for split, count in (("train", 3), ("val", 2)):
@@ -385,11 +397,10 @@ def test_tokenize_and_write_shards(tmp_path, make_text, beam_pipeline, batch_byt
 
 
 def test_open_token_batches_share_one_budget():
-    """A tokenizing worker holds one open batch per shard: their sizes share OPEN_BATCHES_BYTES (16 MB)."""
-    assert token_batch_bytes(9) == 1 << 20  # the defaults (8 train + 1 val): 1 MB batches, 9 MB open at most
+    """A tokenizing worker holds one open batch per write group: their sizes share OPEN_BATCHES_BYTES (16 MB)."""
+    assert token_batch_bytes(9) == 1 << 20  # the defaults (8 train + 1 val, 1 part each): 1 MB batches, 9 MB open
     assert token_batch_bytes(65) == (16 << 20) // 65 and 65 * token_batch_bytes(65) <= 16 << 20
     assert token_batch_bytes(100_000) == 16 << 10  # the floor keeps batches worth compressing
-    assert TokenizeAndAssign(None, 0.0, 64, 1).batch_bytes == token_batch_bytes(65)
 
 
 def test_rejected_records_are_formatted_in_blocks_of_whole_lines(beam_pipeline):
@@ -407,7 +418,7 @@ def _more_than_one(counts):
 
 def test_write_shards_writes_empty_shards_too(tmp_path, make_text, beam_pipeline):
     info = tokenizer_info(train_tokenizer_bytes([make_text(300)], 320), trained=False)
-    one = (("train", 2), pack_token_batch([(("id:a", "k"), np.array([5, 6, 2], np.uint16).tobytes())]))
+    one = (("train", 2, 0), pack_token_batch([(("id:a", "k"), np.array([5, 6, 2], np.uint16).tobytes())]))
     with beam_pipeline() as p:
         tokenizer = p | "Tok" >> beam.Create([info])
         stats = p | beam.Create([one]) | WriteShards(tokenizer, str(tmp_path), 4, 1)

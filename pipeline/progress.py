@@ -15,9 +15,11 @@ of a file of a few hundred bytes every REPORT_INTERVAL_S, plus one per ``flush()
 The launcher lists and reads the directory every POLL_S. Progress files are not fsynced: they are worth
 nothing after the run, and an fsync could stall a worker behind the shard writes.
 
-The counts are for display. A bundle that fails and is retried has already counted some elements, which are
-counted again by the retry, so a count can overshoot (e.g. 121/120 files); the exact counts of a run are its
-Beam counters and its manifest.
+The counts are for display. Each reporter's file lags its counts by up to REPORT_INTERVAL_S, so the stages of
+one line may disagree by that much work (more documents filtered than parsed, for a moment). A bundle that
+fails and is retried has already counted some elements, which the retry counts again, so a count can
+overshoot (121/120 files); the exact counts of a run are its Beam counters and its manifest. Every count is
+complete once the run has ended: each DoFn flushes at the end of each bundle.
 
 Stages and what each counts (names used by ``Reporter.add``; every count is a non-negative int):
 

@@ -4,6 +4,9 @@ The Beam glue of the pure rules in pipeline.documents (parsing: invalid_utf8, ma
 nul_bytes; a READ_ERROR record becomes unreadable_file) and pipeline.filters (the Gopher quality and
 repetition rules). Each stage returns (passed, rejected): every input element becomes exactly one of the two,
 which is what lets the manifest check read == kept + rejected.
+
+With a ``progress_dir`` (local runs) both stages also report their counts through pipeline.progress: "parse"
+(records, rejected) and "filter" (passed, rejected).
 """
 from __future__ import annotations
 
@@ -15,13 +18,24 @@ from pipeline.bundles import in_global_window
 from pipeline.counters import COUNTER_NAMESPACE, UNREADABLE_FILE
 from pipeline.documents import Document, Rejection
 from pipeline.filters import FilterConfig
+from pipeline.progress import FILTER, PARSE, Reporter
 from pipeline.read import JSON_LINE, RAW_KINDS, READ_ERROR, TEXT_FILE, VALUE
 
 
 class _ParseFn(beam.DoFn):
-    def __init__(self, text_field: str, id_field: str):
-        self.text_field, self.id_field = text_field, id_field
+    def __init__(self, text_field: str, id_field: str, progress_dir: str | None = None):
+        self.text_field, self.id_field, self.progress_dir = text_field, id_field, progress_dir
         self.read = Metrics.counter(COUNTER_NAMESPACE, "read")
+        self._progress = Reporter(None)
+
+    def setup(self):
+        self._progress = Reporter(self.progress_dir)
+
+    def finish_bundle(self):
+        self._progress.flush()
+
+    def teardown(self):
+        self._progress.flush()
 
     def process(self, record):
         kind, source, payload, doc_id = record
@@ -37,22 +51,21 @@ class _ParseFn(beam.DoFn):
         else:  # a read stage and this one disagree: fail the run rather than drop or misfile records
             raise RuntimeError(f"unknown raw record kind {kind!r} from the read stage (source {source!r}); "
                                f"expected one of {RAW_KINDS}")
-        if isinstance(out, Rejection):
-            yield beam.pvalue.TaggedOutput("rejected", out)
-        else:
-            yield out
+        rejected = isinstance(out, Rejection)
+        self._progress.add(PARSE, records=1, rejected=int(rejected))
+        yield beam.pvalue.TaggedOutput("rejected", out) if rejected else out
 
 
 class ParseRecords(beam.PTransform):
     """raw records -> (Documents, Rejections). Every raw record becomes exactly one of the two."""
 
-    def __init__(self, text_field: str = "text", id_field: str = "id"):
+    def __init__(self, text_field: str = "text", id_field: str = "id", progress_dir: str | None = None):
         super().__init__()
-        self.text_field, self.id_field = text_field, id_field
+        self.text_field, self.id_field, self.progress_dir = text_field, id_field, progress_dir
 
     def expand(self, records):
-        out = records | "Parse" >> beam.ParDo(_ParseFn(self.text_field, self.id_field)).with_outputs(
-            "rejected", main="documents")
+        fn = _ParseFn(self.text_field, self.id_field, self.progress_dir)
+        out = records | "Parse" >> beam.ParDo(fn).with_outputs("rejected", main="documents")
         return out.documents, out.rejected
 
 
@@ -63,8 +76,15 @@ class _FilterFn(beam.DoFn):
     over many documents (the reasons are those of one document at a time); a worker holds at most one open batch.
     """
 
-    def __init__(self, cfg: FilterConfig, batch_chars: int = filters.BATCH_CHARS):
-        self.cfg, self.batch_chars = cfg, batch_chars
+    def __init__(self, cfg: FilterConfig, batch_chars: int = filters.BATCH_CHARS, progress_dir: str | None = None):
+        self.cfg, self.batch_chars, self.progress_dir = cfg, batch_chars, progress_dir
+        self._progress = Reporter(None)
+
+    def setup(self):
+        self._progress = Reporter(self.progress_dir)
+
+    def teardown(self):
+        self._progress.flush()
 
     def start_bundle(self):
         self._docs, self._chars = [], 0
@@ -77,10 +97,14 @@ class _FilterFn(beam.DoFn):
 
     def finish_bundle(self):
         yield from map(in_global_window, self._judge())
+        self._progress.flush()
 
     def _judge(self):
         docs, self._docs, self._chars = self._docs, [], 0
-        for doc, reason in zip(docs, filters.reject_reasons([d.text for d in docs], self.cfg)):
+        reasons = filters.reject_reasons([d.text for d in docs], self.cfg)
+        rejected = sum(reason is not None for reason in reasons)
+        self._progress.add(FILTER, passed=len(docs) - rejected, rejected=rejected)
+        for doc, reason in zip(docs, reasons):
             if reason is None:
                 yield doc
             else:
@@ -90,10 +114,11 @@ class _FilterFn(beam.DoFn):
 class GopherFilter(beam.PTransform):
     """Documents -> (kept Documents, Rejections named by the first failing Gopher rule)."""
 
-    def __init__(self, cfg: FilterConfig):
+    def __init__(self, cfg: FilterConfig, progress_dir: str | None = None):
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.progress_dir = cfg, progress_dir
 
     def expand(self, docs):
-        out = docs | "Rules" >> beam.ParDo(_FilterFn(self.cfg)).with_outputs("rejected", main="kept")
+        fn = _FilterFn(self.cfg, progress_dir=self.progress_dir)
+        out = docs | "Rules" >> beam.ParDo(fn).with_outputs("rejected", main="kept")
         return out.kept, out.rejected

@@ -10,6 +10,9 @@ A raw record is what ParseRecords (pipeline.filter_stage) turns into a Document 
 Bytes are never decoded here, so invalid UTF-8 reaches ParseRecords and becomes a counted rejection; a file
 that cannot be read never fails the run. Files go through Beam's FileSystems (local paths and ``gs://``),
 compression by extension.
+
+With a ``progress_dir`` (local runs), each DoFn also reports its progress through pipeline.progress: stage
+"read", counting files read to the end with their sizes on disk, or dataset rows.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from pipeline.counters import COUNTER_NAMESPACE
+from pipeline.progress import READ, Reporter
 
 JSON_LINE, TEXT_FILE, VALUE, READ_ERROR = "json", "text", "value", "error"
 RAW_KINDS = (JSON_LINE, TEXT_FILE, VALUE, READ_ERROR)
@@ -83,14 +87,35 @@ def iter_lines(f: BinaryIO, chunk_bytes: int = _READ_CHUNK) -> Iterator[bytes]:
 
 
 class _ReadFileFn(beam.DoFn):
-    """One input file -> raw records. A file that cannot be read yields one READ_ERROR record, never raises."""
+    """One input file -> raw records. A file that cannot be read yields one READ_ERROR record, never raises.
 
-    def __init__(self, fmt: str, text_field: str, id_field: str):
+    ``sizes`` (path -> bytes on disk) is what a file adds to the progress "bytes" once it has been read to the
+    end (a path missing from it adds 0); only used with a ``progress_dir``.
+    """
+
+    def __init__(self, fmt: str, text_field: str, id_field: str, sizes: dict[str, int] | None = None,
+                 progress_dir: str | None = None):
         self.fmt, self.text_field, self.id_field = fmt, text_field, id_field
+        self.sizes, self.progress_dir = sizes or {}, progress_dir
         self.files = Metrics.counter(COUNTER_NAMESPACE, "files")
+        self._progress = Reporter(None)
+
+    def setup(self):
+        self._progress = Reporter(self.progress_dir)
 
     def process(self, path: str):
         self.files.inc()
+        self._progress.add(READ)
+        yield from self._records(path)
+        self._progress.add(READ, files=1, bytes=self.sizes.get(path, 0))
+
+    def finish_bundle(self):
+        self._progress.flush()
+
+    def teardown(self):
+        self._progress.flush()
+
+    def _records(self, path: str):
         kind = input_format(path, self.fmt)
         if kind == "parquet":
             yield from self._parquet(path)
@@ -138,18 +163,26 @@ class ReadFiles(beam.PTransform):
 
     Parallelism is per file: the paths are reshuffled so workers share them; one file is read start to
     end by one worker, which keeps line numbers (and so derived ids) exact.
+
+    With a ``progress_dir`` the reader reports files read and, from ``sizes`` (path as given -> bytes on disk,
+    as matched by the launcher), their bytes (pipeline.progress).
     """
 
-    def __init__(self, paths: list[str], fmt: str = "auto", text_field: str = "text", id_field: str = "id"):
+    def __init__(self, paths: list[str], fmt: str = "auto", text_field: str = "text", id_field: str = "id",
+                 sizes: dict[str, int] | None = None, progress_dir: str | None = None):
         super().__init__()
         self.paths, self.fmt, self.text_field, self.id_field = sorted(paths), fmt, text_field, id_field
+        # Sizes only travel with the DoFn when they are reported.
+        self.sizes = sizes if progress_dir is not None else None
+        self.progress_dir = progress_dir
 
     def expand(self, pbegin):
         return (
             pbegin
             | "Paths" >> beam.Create(self.paths)
             | "SpreadFiles" >> beam.Reshuffle()
-            | "ReadFile" >> beam.ParDo(_ReadFileFn(self.fmt, self.text_field, self.id_field))
+            | "ReadFile" >> beam.ParDo(_ReadFileFn(self.fmt, self.text_field, self.id_field,
+                                                             self.sizes, self.progress_dir))
         )
 
 
@@ -170,32 +203,44 @@ def load_hf_dataset(name_or_path: str, split: str):
 class _ReadHFRowsFn(beam.DoFn):
     """A row range [start, end) of a dataset -> VALUE records. The dataset is opened (memory-mapped) once per worker."""
 
-    def __init__(self, name: str, split: str, text_field: str, id_field: str):
+    def __init__(self, name: str, split: str, text_field: str, id_field: str, progress_dir: str | None = None):
         self.name, self.split, self.text_field, self.id_field = name, split, text_field, id_field
+        self.progress_dir = progress_dir
         self._ds = None
+        self._progress = Reporter(None)
 
     def setup(self):
+        self._progress = Reporter(self.progress_dir)
         ds = load_hf_dataset(self.name, self.split)
         self._has_id = self.id_field in ds.column_names
         self._ds = ds.select_columns([self.text_field] + ([self.id_field] if self._has_id else []))
 
     def process(self, row_range: tuple[int, int]):
         start, end = row_range
+        self._progress.add(READ)
         batch = self._ds[start:end]
         texts = batch[self.text_field]
         ids = batch[self.id_field] if self._has_id else [None] * len(texts)
         for i, (text, doc_id) in enumerate(zip(texts, ids)):
             yield VALUE, f"hf:{self.name}:{self.split}:{start + i}", text, doc_id
+        self._progress.add(READ, rows=len(texts))
+
+    def finish_bundle(self):
+        self._progress.flush()
+
+    def teardown(self):
+        self._progress.flush()
 
 
 class ReadHuggingFace(beam.PTransform):
     """PBegin -> raw records from a Hugging Face dataset split (local use: every worker opens the dataset)."""
 
     def __init__(self, name: str, split: str, num_rows: int, text_field: str = "text", id_field: str = "id",
-                 rows_per_range: int = 1000):
+                 rows_per_range: int = 1000, progress_dir: str | None = None):
         super().__init__()
         self.name, self.split, self.num_rows = name, split, num_rows
         self.text_field, self.id_field, self.rows_per_range = text_field, id_field, rows_per_range
+        self.progress_dir = progress_dir
 
     def expand(self, pbegin):
         ranges = [(s, min(s + self.rows_per_range, self.num_rows)) for s in range(0, self.num_rows, self.rows_per_range)]
@@ -203,5 +248,6 @@ class ReadHuggingFace(beam.PTransform):
             pbegin
             | "RowRanges" >> beam.Create(ranges)
             | "SpreadRanges" >> beam.Reshuffle()
-            | "ReadRows" >> beam.ParDo(_ReadHFRowsFn(self.name, self.split, self.text_field, self.id_field))
+            | "ReadRows" >> beam.ParDo(_ReadHFRowsFn(self.name, self.split, self.text_field, self.id_field,
+                                                            self.progress_dir))
         )

@@ -22,6 +22,7 @@ from apache_beam.metrics import Metrics
 from pipeline import documents
 from pipeline.counters import COUNTER_NAMESPACE, EXACT_DUPLICATE, GROUP_METRICS
 from pipeline.packing import pack_document, packed_size, unpack_document
+from pipeline.progress import DEDUP, Reporter
 
 WINNER = "winner"
 DOCUMENT = "document"
@@ -40,8 +41,19 @@ class _DecideFn(beam.DoFn):
     same text, id and line), which no reader produces; the first then stays and the others are duplicates, so
     counts are conserved either way."""
 
-    def __init__(self):
+    def __init__(self, progress_dir: str | None = None):
+        self.progress_dir = progress_dir
         self.group_bytes = Metrics.distribution(COUNTER_NAMESPACE, GROUP_METRICS["dedup"])
+        self._progress = Reporter(None)
+
+    def setup(self):
+        self._progress = Reporter(self.progress_dir)
+
+    def finish_bundle(self):
+        self._progress.flush()
+
+    def teardown(self):
+        self._progress.flush()
 
     def process(self, element):
         (dkey, _, _), grouped = element
@@ -49,13 +61,20 @@ class _DecideFn(beam.DoFn):
         self.group_bytes.update(packed_size(packed) + 8 * len(marks))
         for i, doc in enumerate(map(unpack_document, packed)):
             if marks and i == 0:
+                self._progress.add(DEDUP, kept=1)
                 yield dkey, doc
             else:
+                self._progress.add(DEDUP, rejected=1)
                 yield beam.pvalue.TaggedOutput("rejected", documents.rejection_for(doc, EXACT_DUPLICATE))
 
 
 class ExactDedup(beam.PTransform):
-    """Documents -> ((dedup_key, Document) for one document per dedup_key, Rejections for the others)."""
+    """Documents -> ((dedup_key, Document) for one document per dedup_key, Rejections for the others).
+    ``progress_dir``: see pipeline.progress (local runs)."""
+
+    def __init__(self, progress_dir: str | None = None):
+        super().__init__()
+        self.progress_dir = progress_dir
 
     def expand(self, docs):
         keyed = docs | "KeyByContent" >> beam.Map(lambda d: (documents.dedup_key(d.text), d))
@@ -69,6 +88,6 @@ class ExactDedup(beam.PTransform):
         out = (
             {DOCUMENT: by_rank, WINNER: winners}
             | "JoinWinner" >> beam.CoGroupByKey()
-            | "Decide" >> beam.ParDo(_DecideFn()).with_outputs("rejected", main="unique")
+            | "Decide" >> beam.ParDo(_DecideFn(self.progress_dir)).with_outputs("rejected", main="unique")
         )
         return out.unique, out.rejected

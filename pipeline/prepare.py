@@ -45,12 +45,14 @@ import logging
 import os
 import sys
 import tempfile
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, fields
 
 from pipeline import layout
 from pipeline.files import is_remote, list_tree, remove_listed
 from pipeline.filters import FilterConfig
 from pipeline.manifest import MANIFEST_NAME, load_manifest
+from pipeline.progress import ProgressPrinter
 
 LOG = logging.getLogger("pipeline.prepare")
 
@@ -108,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="train the tokenizer on this many MB (million characters) of kept documents, "
                      "chosen by hash of the document key")
 
+    out.add_argument("--no-progress", dest="progress", action="store_false",
+                     help="local runs: do not print a progress line to stderr every 10 s and at each new stage")
     out.add_argument("--max-write-group-mb", type=float, default=DEFAULT_MAX_WRITE_GROUP_MB,
                      help="bound on one write group (the token batches of one part of a shard, as they cross the "
                      "shuffle): shards are written in enough parts to stay under it")
@@ -328,9 +332,10 @@ def is_dry_run(options) -> bool:
     return bool(options.view_as(TestOptions).dry_run)
 
 
-def build_pipeline(p, args, cfg: FilterConfig | None, files: list[str], hf_rows: int, given_tokenizer: dict | None,
-                   config: dict, write_groups: int) -> None:
-    """Attach every stage to pipeline ``p``, in the order of the module docstring. ``cfg`` None: no quality rules."""
+def build_pipeline(p, args, cfg: FilterConfig | None, sizes: dict[str, int], hf_rows: int,
+                   given_tokenizer: dict | None, config: dict, write_groups: int, progress_dir: str | None = None) -> None:
+    """Attach every stage to pipeline ``p``, in the order of the module docstring. ``cfg`` None: no quality rules;
+    ``sizes``: {input file: bytes}; ``progress_dir``: where workers report progress (pipeline.progress), or None."""
     import apache_beam as beam
 
     from pipeline.dedup import ExactDedup
@@ -343,20 +348,22 @@ def build_pipeline(p, args, cfg: FilterConfig | None, files: list[str], hf_rows:
 
     out = args.output
     sources = []
-    if files:
-        sources.append(p | "ReadFiles" >> ReadFiles(files, args.format, args.text_field, args.id_field))
+    progress = progress_dir
+    if sizes:
+        sources.append(p | "ReadFiles" >> ReadFiles(list(sizes), args.format, args.text_field, args.id_field,
+                                                    sizes=sizes, progress_dir=progress))
     if args.hf_dataset:
         sources.append(p | "ReadHuggingFace" >> ReadHuggingFace(
-            args.hf_dataset, args.hf_split, hf_rows, args.text_field, args.id_field))
+            args.hf_dataset, args.hf_split, hf_rows, args.text_field, args.id_field, progress_dir=progress))
     records = tuple(sources) | "AllRecords" >> beam.Flatten()
 
-    docs, unparsable = records | "ParseRecords" >> ParseRecords(args.text_field, args.id_field)
+    docs, unparsable = records | "ParseRecords" >> ParseRecords(args.text_field, args.id_field, progress)
     dropping = [("parse", unparsable)]
     kept = docs
     if cfg is not None:
-        kept, low_quality = docs | "GopherFilter" >> GopherFilter(cfg)
+        kept, low_quality = docs | "GopherFilter" >> GopherFilter(cfg, progress_dir=progress)
         dropping.append(("quality", low_quality))
-    unique, duplicates = kept | "ExactDedup" >> ExactDedup()
+    unique, duplicates = kept | "ExactDedup" >> ExactDedup(progress)
     dropping.append(("dedup", duplicates))
     if given_tokenizer is not None:
         tokenizer = p | "GivenTokenizer" >> GivenTokenizer(given_tokenizer, out)
@@ -367,8 +374,8 @@ def build_pipeline(p, args, cfg: FilterConfig | None, files: list[str], hf_rows:
     plan = unique | "PlanWrite" >> PlanWrite(tokenizer, args.val_fraction, args.train_shards, val_shards,
                                              int(args.max_write_group_mb * (1 << 20)), write_groups)
     keyed = unique | "Tokenize" >> TokenizeAndAssign(tokenizer, plan, args.val_fraction, args.train_shards,
-                                                     val_shards)
-    shard_stats = keyed | "WriteShards" >> WriteShards(tokenizer, out, args.train_shards, val_shards)
+                                                     val_shards, progress_dir=progress)
+    shard_stats = keyed | "WriteShards" >> WriteShards(tokenizer, out, args.train_shards, val_shards, progress)
     # Each dropping stage writes and counts its own rejections (no Flatten first), so that work fuses into
     # the stage and the rejected text never passes through the runner; only file names and counts meet.
     files, counts = [], []
@@ -447,15 +454,23 @@ def prepare(argv: list[str] | None = None) -> Outcome:
     config = {k: v for k, v in sorted(vars(args).items()) if k not in {f.name for f in fields(FilterConfig)}}
     config.update(filters=asdict(cfg) if cfg else None, beam_args=list(beam_args), input_files=len(files))
     write_groups = min_write_groups(args, options)
-    p = beam.Pipeline(runner=runner, options=options)
-    build_pipeline(p, args, cfg, files, hf_rows, given, config, write_groups)
     max_group = int(args.max_write_group_mb * (1 << 20))
+    sizes = {f: sizes[f] for f in files}
     if dry_run:
+        p = beam.Pipeline(runner=runner, options=options)
+        build_pipeline(p, args, cfg, sizes, hf_rows, given, config, write_groups)
         transforms = len(p.to_runner_api().components.transforms)
         p.run().wait_until_finish()
         return Outcome(None, max_write_group_bytes=max_group, dry_run_transforms=transforms)
-    result = p.run()
-    result.wait_until_finish()
+    with ExitStack() as stack:
+        progress_dir = None
+        if runner is not None and args.progress:  # a local run: its workers share this machine's disk
+            progress_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="prepare-progress-"))
+            stack.enter_context(ProgressPrinter(progress_dir, len(files), sum(sizes.values())))
+        p = beam.Pipeline(runner=runner, options=options)
+        build_pipeline(p, args, cfg, sizes, hf_rows, given, config, write_groups, progress_dir)
+        result = p.run()
+        result.wait_until_finish()
     largest, counts = group_metrics(result)
 
     if is_remote(args.output):

@@ -25,6 +25,7 @@ from pipeline.bundles import in_global_window
 from pipeline.counters import COUNTER_NAMESPACE
 from pipeline.layout import REJECTED_DIR, TOKENIZER_NAME
 from pipeline.packing import pack_token_batch
+from pipeline.progress import TOKENIZE, Reporter
 from pipeline.shards import dtype_for_vocab
 from pipeline.split import assign_part, assign_shard, hash_unit
 from pipeline.write import write_bytes
@@ -176,12 +177,20 @@ class _TokenizeFn(beam.DoFn):
     key into the write plan's parts per shard (pipeline.write.PlanWrite).
     """
 
-    def __init__(self, val_fraction: float, train_shards: int, val_shards: int, batch_bytes: int | None):
+    def __init__(self, val_fraction: float, train_shards: int, val_shards: int, batch_bytes: int | None,
+                 progress_dir: str | None = None):
         self.val_fraction, self.train_shards, self.val_shards = val_fraction, train_shards, val_shards
-        self.batch_bytes = batch_bytes
+        self.batch_bytes, self.progress_dir = batch_bytes, progress_dir
         self.kept = Metrics.counter(COUNTER_NAMESPACE, "kept")
         self.tokens = Metrics.counter(COUNTER_NAMESPACE, "tokens")
         self._tok, self._sha, self._dtype = None, None, None
+        self._progress = Reporter(None)
+
+    def setup(self):
+        self._progress = Reporter(self.progress_dir)
+
+    def teardown(self):
+        self._progress.flush()
 
     def _tokenizer(self, info: dict):
         # The model arrives as a side input (it may have been trained in this very run); build it once
@@ -208,6 +217,7 @@ class _TokenizeFn(beam.DoFn):
         ids = tok.encode_document(doc.text)
         self.kept.inc()
         self.tokens.inc(len(ids))
+        self._progress.add(TOKENIZE, documents=1, tokens=len(ids))
         token_bytes = ids.astype(self._dtype).tobytes()
         items, size = self._batches.get(group, ([], 0))
         items.append(((key, dkey), token_bytes))
@@ -222,6 +232,7 @@ class _TokenizeFn(beam.DoFn):
         for group, (items, _) in sorted(self._batches.items()):
             yield in_global_window((group, pack_token_batch(items)))
         self._batches = {}
+        self._progress.flush()
 
 
 class TokenizeAndAssign(beam.PTransform):
@@ -230,12 +241,12 @@ class TokenizeAndAssign(beam.PTransform):
     token_batch_bytes of the number of write groups."""
 
     def __init__(self, tokenizer, plan, val_fraction: float, train_shards: int, val_shards: int,
-                 batch_bytes: int | None = None):
+                 batch_bytes: int | None = None, progress_dir: str | None = None):
         super().__init__()
-        self.tokenizer, self.plan, self.batch_bytes = tokenizer, plan, batch_bytes
+        self.tokenizer, self.plan, self.batch_bytes, self.progress_dir = tokenizer, plan, batch_bytes, progress_dir
         self.val_fraction, self.train_shards, self.val_shards = val_fraction, train_shards, val_shards
 
     def expand(self, unique):
-        fn = _TokenizeFn(self.val_fraction, self.train_shards, self.val_shards, self.batch_bytes)
+        fn = _TokenizeFn(self.val_fraction, self.train_shards, self.val_shards, self.batch_bytes, self.progress_dir)
         return unique | "Encode" >> beam.ParDo(fn, beam.pvalue.AsSingleton(self.tokenizer),
                                                beam.pvalue.AsSingleton(self.plan))

@@ -40,6 +40,7 @@ from pipeline.files import is_remote
 from pipeline.counters import COUNTER_NAMESPACE, GROUP_METRICS
 from pipeline.layout import RUNS_DIR, SPLITS, is_run_file, run_path, shard_path
 from pipeline.packing import packed_size, unpack_token_batch
+from pipeline.progress import WRITE, Reporter
 from pipeline.runs import merge_runs, read_run, write_run
 from pipeline.shards import ShardWriter, dtype_for_vocab
 
@@ -215,9 +216,19 @@ class _WriteRunFn(beam.DoFn):
     The name is a function of the group alone, so a retried or speculative attempt writes the same bytes to the
     same name; the descriptor that reaches the merge is that of the attempt the runner committed."""
 
-    def __init__(self, output_dir: str):
-        self.output_dir = output_dir
+    def __init__(self, output_dir: str, progress_dir: str | None = None):
+        self.output_dir, self.progress_dir = output_dir, progress_dir
         self.group_bytes = Metrics.distribution(COUNTER_NAMESPACE, GROUP_METRICS["write"])
+        self._progress = Reporter(None)
+
+    def setup(self):
+        self._progress = Reporter(self.progress_dir)
+
+    def finish_bundle(self):
+        self._progress.flush()
+
+    def teardown(self):
+        self._progress.flush()
 
     def process(self, element):
         (split, shard, part), batches = element
@@ -230,6 +241,7 @@ class _WriteRunFn(beam.DoFn):
         with replaced_on_close(FileSystems.join(self.output_dir, *rel.split("/"))) as f:
             documents = write_run(f, in_key_order(batches, measure))
         self.group_bytes.update(size[0])
+        self._progress.add(WRITE, runs=1)
         yield (split, shard), {"path": rel, "documents": documents}
 
 
@@ -238,9 +250,19 @@ class _MergeRunsFn(beam.DoFn):
     (pipeline.runs.merge_runs) through ShardWriter, .bin then .idx renamed into place. Holds one document per
     run; the group is the runs' names."""
 
-    def __init__(self, output_dir: str, counts: dict[str, int]):
-        self.output_dir, self.counts = output_dir, counts
+    def __init__(self, output_dir: str, counts: dict[str, int], progress_dir: str | None = None):
+        self.output_dir, self.counts, self.progress_dir = output_dir, counts, progress_dir
         self.group_bytes = Metrics.distribution(COUNTER_NAMESPACE, GROUP_METRICS["merge"])
+        self._progress = Reporter(None)
+
+    def setup(self):
+        self._progress = Reporter(self.progress_dir)
+
+    def finish_bundle(self):
+        self._progress.flush()
+
+    def teardown(self):
+        self._progress.flush()
 
     def process(self, element, info):
         (split, index), runs = element
@@ -258,6 +280,7 @@ class _MergeRunsFn(beam.DoFn):
         if stats["documents"] != expected:  # a run file that is not the one its group wrote
             raise RuntimeError(f"shard {stats['path']} got {stats['documents']} documents from its run files, whose "
                                f"writers wrote {expected}; a run file was changed or truncated")
+        self._progress.add(WRITE, shards=1)
         yield stats
 
 
@@ -284,9 +307,10 @@ class WriteShards(beam.PTransform):
     shard is in place (the manifest stage calls it).
     """
 
-    def __init__(self, tokenizer, output_dir: str, train_shards: int, val_shards: int):
+    def __init__(self, tokenizer, output_dir: str, train_shards: int, val_shards: int,
+                 progress_dir: str | None = None):
         super().__init__()
-        self.tokenizer, self.output_dir = tokenizer, output_dir
+        self.tokenizer, self.output_dir, self.progress_dir = tokenizer, output_dir, progress_dir
         self.counts = {"train": train_shards, "val": val_shards}
 
     def expand(self, keyed):
@@ -294,9 +318,9 @@ class WriteShards(beam.PTransform):
         written = (
             keyed
             | "GroupByPart" >> beam.GroupByKey()
-            | "WriteRun" >> beam.ParDo(_WriteRunFn(self.output_dir))
+            | "WriteRun" >> beam.ParDo(_WriteRunFn(self.output_dir, self.progress_dir))
             | "GroupRunsByShard" >> beam.GroupByKey()
-            | "MergeRuns" >> beam.ParDo(_MergeRunsFn(self.output_dir, self.counts), info)
+            | "MergeRuns" >> beam.ParDo(_MergeRunsFn(self.output_dir, self.counts, self.progress_dir), info)
         )
         every = [(split, i) for split in SPLITS for i in range(self.counts[split])]
         empty = (

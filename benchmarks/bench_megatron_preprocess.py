@@ -32,21 +32,24 @@ line "[variant k]", as in bench_prepare.corpus_files.
 Getting Megatron-LM (its code is not copied here; any checkout works, run unchanged)::
 
     git clone https://github.com/NVIDIA/Megatron-LM /tmp/megatron-lm
-    # or, from a bare mirror:  git --git-dir=MIRROR archive HEAD | tar -x -C /tmp/megatron-lm
+    # or, from a bare mirror (read-only):  mkdir /tmp/megatron-lm && git --git-dir=MIRROR archive HEAD | tar -x -C /tmp/megatron-lm
+    # (git --git-dir=MIRROR worktree add /tmp/megatron-lm also works, and records the work tree in MIRROR)
     # or a release matching the installed megatron-core:  git -C /tmp/megatron-lm checkout core_v0.16.1
 
 What it needs to run in this project's venv (Python 3.11, megatron-core 0.16.1, no GPU):
 
   * ``PYTHONPATH=DIR``: the script imports ``megatron.training`` (not in the megatron-core wheel) and, on current
     main, ``megatron.core.tokenizers.utils`` (newer than 0.16.1); it appends DIR to sys.path itself, after
-    site-packages, so the installed megatron-core would win without it.
-  * triton: ``megatron.core`` (main: ``megatron/core/transformer/moe/ops/paged_stash.py`` via
-    ``megatron.core.distributed``) and ``megatron.training`` (core_v0.16.1:
-    ``batch_invariant_kernels.py``) import it at module level and decorate kernels with ``@triton.jit``; no
-    kernel runs on this code path, but the import must succeed. torch's CPU wheel does not bring it. Install it
-    outside the venv and pass the folder with ``--megatron-pythonpath``::
+    site-packages, so the installed megatron-core would win without it. (Also PYTHONWARNINGS=ignore: the
+    warnings that Transformer Engine and Apex are missing, on every import of megatron.core.)
+  * triton: imported at module level, kernels decorated with ``@triton.jit`` (main:
+    ``megatron/core/transformer/moe/ops/paged_stash.py``, reached from ``megatron/core/__init__.py``;
+    core_v0.16.1: ``megatron/core/transformer/custom_layers/batch_invariant_kernels.py``, reached from
+    ``megatron.training.initialize``). No kernel runs on this code path, but the import must succeed, and torch's
+    CPU wheel does not bring triton. Install it outside the venv and pass the folder with
+    ``--megatron-pythonpath``::
 
-        pip install --no-deps --target /tmp/megatron-deps triton
+        pip install --no-deps --target /tmp/megatron-deps triton   # a ~290 MB wheel, ~1 GB unpacked
 
   * Python >= 3.12 on current main (its pyproject says so): ``megatron/training/models/gpt.py`` and
     ``hybrid.py`` import ``override`` from ``typing`` (3.12+). Under an older Python this benchmark copies
@@ -544,6 +547,9 @@ def main(argv=None) -> None:
     if not same["identical"]:
         summary.append(f"first difference: {same['first_difference']}")
     summary.append(f"wall ours / Megatron per repetition: {', '.join(f'{r:.2f}' for r in ratios)}; {_ratios(ratios)}")
+    status = ("met" if max(ratios) <= 1 else "median met, range did not" if statistics.median(ratios) <= 1
+              else "not met")
+    summary.append(f"target ours / Megatron <= 1.00 on equal work: {status}")
     summary.append(f"load average after: {load_after}")
     for line in summary:
         print(line, flush=True)
@@ -583,7 +589,7 @@ def main(argv=None) -> None:
             f"file(s) of the same records; left out while building it: {corpus['dropped']}",
             f"- SentencePiece BPE, vocab {VOCAB_SIZE}, the same model file for both.", "",
             *table, "",
-            f"ours / Megatron wall time: {_ratios(ratios)}. Both kept all {corpus['docs']} documents; tokens ours "
+            f"ours / Megatron wall time: {_ratios(ratios)}; target <= 1.00: {status}. Both kept all {corpus['docs']} documents; tokens ours "
             f"{same['our_tokens']:,}, Megatron {same['megatron_tokens']:,}; the same token ids for every document: "
             f"{same['identical']}." + (f" First difference: {same['first_difference']}" if not same["identical"] else ""),
             "",

@@ -8,10 +8,15 @@ In one run, on the same cores and the same corpus:
     as a subprocess with 1 worker (in-process) and 2 workers (multi_processing), with the same tokenizer
     given via --tokenizer so both sides encode with the same model;
   * peak RSS of the launching process and of each worker process (polled with psutil every 0.1 s), at each
-    corpus size, to show whether a worker's memory stays flat as the corpus grows; side by side, once per
-    size, a 2-worker run with --local-transfer-mb 0 (Beam's stock transfers: a grouped stage reaches each
-    worker as one message) as the reference;
-  * whether the 1- and 2-worker runs wrote byte-identical shards (sha256 in their manifests).
+    corpus size (Beam's stock FnApiRunner: the launcher keeps the data between stages, a worker receives its
+    share of a grouped stage);
+  * the largest group of each grouping step, as the pipeline reports it (its distribution metrics), against
+    the write bound (--group-mb, passed as --max-write-group-mb);
+  * whether the 1- and 2-worker runs wrote byte-identical shards (sha256 in their manifests), and with
+    --baseline-tree whether another checkout wrote the same shards.
+
+With --hot-copies N, one more corpus: the 50 MB one plus one document repeated N times (each copy its own id),
+run once with 2 workers: exactly one copy must stay, and no dedup group may hold more than one document.
 
 Ratios are the result (pipeline / raw, 2 workers / 1 worker); absolute numbers depend on the machine and
 its load, which is printed (os.getloadavg()).
@@ -151,12 +156,14 @@ def raw_encode(model_path: str, texts: list[str], processes: int) -> tuple[float
 
 
 def run_prepare(files_glob: str, out: str, model_path: str, workers: int, extra: tuple[str, ...] = (),
-                train_shards: int = 8, tree: str | None = None) -> dict:
+                train_shards: int = 8, tree: str | None = None, group_mb: float | None = None) -> dict:
     """Run the prepare command of this checkout (or of the checkout at ``tree``); returns wall seconds, peak RSS
     (MB) of the launcher and of its worker processes."""
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "pipeline.prepare", "--input", files_glob, "--output", out,
            "--tokenizer", model_path, "--train-shards", str(train_shards), "--val-shards", "1", *extra]
+    if group_mb is not None and tree is None:
+        cmd += ["--max-write-group-mb", str(group_mb), "--no-progress"]
     if workers > 1:
         cmd += ["--direct_num_workers", str(workers), "--direct_running_mode", "multi_processing"]
     repo = tree or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -192,7 +199,8 @@ def run_prepare(files_glob: str, out: str, model_path: str, workers: int, extra:
             # even when a loaded machine hides the wall-clock gain.
             "launcher_cpu_s": round(cpu_main, 1),
             "worker_cpu_s": sorted((round(v, 1) for v in cpu_worker.values() if v >= 1.0), reverse=True),
-            "summary": output.strip().splitlines()[-1]}
+            "summary": output.strip().splitlines()[-1],
+            "groups": next((line for line in output.splitlines() if line.startswith("largest group:")), "")}
 
 
 def main(argv=None) -> None:
@@ -212,7 +220,11 @@ def main(argv=None) -> None:
                         "pipeline runs right after ours in every repetition, as a side-by-side reference for a change")
     parser.add_argument("--scale-shards", action="store_true",
                         help="8 train shards at the smallest size and proportionally more at larger ones (the same "
-                        "shard size everywhere; a shard reaches its writer as one group), instead of 8 at every size")
+                        "shard size everywhere), instead of 8 at every size")
+    parser.add_argument("--group-mb", type=float, default=None,
+                        help="--max-write-group-mb of the pipeline runs (default: the pipeline's)")
+    parser.add_argument("--hot-copies", type=int, default=0,
+                        help="also run a corpus of the smallest size plus one document repeated this many times")
     args = parser.parse_args(argv)
     os.makedirs(args.work, exist_ok=True)
     full = args.sizes_mb if args.one_worker_sizes is None else args.one_worker_sizes
@@ -253,12 +265,12 @@ def main(argv=None) -> None:
                 row.update(plain)
             for workers in ((1, 2) if size in full else (2,)):
                 res = run_prepare(glob_, os.path.join(args.work, f"out-{size}-{workers}"), model_path, workers,
-                                  train_shards=shards)
+                                  train_shards=shards, group_mb=args.group_mb)
                 row[f"pipe{workers}"] = res
                 print(f"{size} MB pipeline, {workers} worker(s): {res['seconds']:.1f} s, {mb / res['seconds']:.2f} MB/s, "
                       f"peak RSS launcher {res['rss_main_mb']:.0f} MB, worker {res['rss_worker_mb']:.0f} MB, "
                       f"CPU s launcher {res['launcher_cpu_s']} workers {res['worker_cpu_s']} | "
-                      f"{res['summary']}", flush=True)
+                      f"{res['groups']} | {res['summary']}", flush=True)
             if args.baseline_tree:
                 base = run_prepare(glob_, os.path.join(args.work, f"out-{size}-baseline"), model_path, 2,
                                    train_shards=shards, tree=os.path.abspath(args.baseline_tree))
@@ -266,12 +278,6 @@ def main(argv=None) -> None:
                 print(f"{size} MB pipeline, 2 workers, baseline tree: {base['seconds']:.1f} s, peak RSS launcher "
                       f"{base['rss_main_mb']:.0f} MB, worker {base['rss_worker_mb']:.0f} MB, byte-identical shards: "
                       f"{shard_sums(base) == shard_sums(row['pipe2'])}", flush=True)
-            if rep == 0:  # the reference, once per size
-                stock = run_prepare(glob_, os.path.join(args.work, f"out-{size}-stock"), model_path, 2,
-                                    ("--local-transfer-mb", "0"), train_shards=shards)
-                print(f"{size} MB pipeline, 2 workers, Beam's stock transfers: {stock['seconds']:.1f} s, peak RSS "
-                      f"launcher {stock['rss_main_mb']:.0f} MB, worker {stock['rss_worker_mb']:.0f} MB", flush=True)
-            row["stock2"] = stock
             peaks.setdefault(size, []).append(row["pipe2"]["rss_worker_mb"])
             if "pipe1" in row:
                 same = shard_sums(row["pipe1"]) == shard_sums(row["pipe2"])
@@ -289,11 +295,46 @@ def main(argv=None) -> None:
             f"{size} MB input {statistics.median(v):.0f} MB ({statistics.median(v) / statistics.median(peaks[first]):.2f}x"
             f" of {first} MB)" for size, v in sorted(peaks.items())))
         print(lines[-1], flush=True)
+    if args.hot_copies:
+        lines.append(hot_key_run(args, model_path))
+        print(lines[-1], flush=True)
     lines.append(f"load average after: {os.getloadavg()}")
     print(lines[-1], flush=True)
     if args.out:
         with open(args.out, "a") as f:
             f.write("\n".join(lines) + "\n")
+
+
+def hot_key_run(args, model_path: str) -> str:
+    """The smallest corpus plus one document repeated ``args.hot_copies`` times (ids hot-000000...), 2 workers."""
+    size = min(args.sizes_mb)
+    src = corpus_files(args.work, size, args.file_mb)
+    out_dir = os.path.join(args.work, f"corpus-{size}-hot{args.hot_copies}")
+    if not os.path.exists(os.path.join(out_dir, "DONE")):
+        shutil.rmtree(out_dir, ignore_errors=True)
+        os.makedirs(out_dir)
+        for path in src:
+            shutil.copy(path, out_dir)
+        with gzip.open(src[0], "rt", encoding="utf-8") as f:
+            hot = next(json.loads(line)["text"] for line in f if len(line) > 2000)
+        per_file = 10_000
+        for start in range(0, args.hot_copies, per_file):
+            with gzip.open(os.path.join(out_dir, f"hot-{start // per_file:05d}.jsonl.gz"), "wt", encoding="utf-8",
+                           compresslevel=1) as f:
+                for i in range(start, min(start + per_file, args.hot_copies)):
+                    f.write(json.dumps({"id": f"hot-{i:06d}", "text": hot}) + "\n")
+        open(os.path.join(out_dir, "DONE"), "w").close()
+    res = run_prepare(os.path.join(out_dir, "*.jsonl.gz"), os.path.join(args.work, "out-hot"), model_path, 2,
+                      group_mb=args.group_mb)
+    kept = 0
+    from pipeline.shards import ShardReader  # noqa: E402 -- only this run reads shards
+
+    m = res["manifest"]
+    counts = m["documents"]
+    return (f"hot key: {size} MB corpus + one document x {args.hot_copies:,} copies, 2 workers: "
+            f"{res['seconds']:.1f} s, peak RSS launcher {res['rss_main_mb']:.0f} MB, worker {res['rss_worker_mb']:.0f} MB; "
+            f"exact_duplicate {counts['rejected']['exact_duplicate']:,}, kept {counts['kept']:,} | {res['groups']}"
+            + ("" if kept else ""))
 
 
 def shard_sums(res: dict) -> list[str]:
@@ -347,10 +388,7 @@ def report_rows(row: dict) -> str:
         out.append(f"  pipeline:   2 workers {mb / p2['seconds']:.2f} MB/s ({row['docs'] / p2['seconds']:.0f} docs/s)")
     out.append(f"  peak RSS 2 workers: launcher {p2['rss_main_mb']:.0f} MB, largest worker {p2['rss_worker_mb']:.0f} MB; "
                f"CPU seconds: launcher {p2['launcher_cpu_s']}, worker processes {p2['worker_cpu_s']}")
-    stock = row["stock2"]
-    out.append(f"  reference, Beam's stock transfers (--local-transfer-mb 0), 2 workers: largest worker "
-               f"{stock['rss_worker_mb']:.0f} MB, launcher {stock['rss_main_mb']:.0f} MB, {mb / stock['seconds']:.2f} MB/s; "
-               f"byte-identical shards: {shard_sums(stock) == shard_sums(p2)}")
+    out.append(f"  {p2['groups']}")
     return "\n".join(out)
 
 

@@ -17,7 +17,7 @@ CORE = [
     "zstandard>=0.22.0",
 ]
 DATA = [
-    "apache-beam[gcp]>=2.60.0",
+    "apache-beam[gcp]>=2.60.0,<2.78",  # the range the tests ran on (docs/install.md); raise the cap after them
     "datasets>=5.2.0",
 ]
 TRAIN = [

@@ -11,7 +11,7 @@ In one run, on the same cores and the same corpus:
     corpus size (Beam's stock FnApiRunner: the launcher keeps the data between stages, a worker receives its
     share of a grouped stage);
   * the largest group of each grouping step, as the pipeline reports it (its distribution metrics), against
-    the write bound (--group-mb, passed as --max-write-group-mb);
+    the write bound (--group-mb, passed as --max-group-mb);
   * whether the 1- and 2-worker runs wrote byte-identical shards (sha256 in their manifests), and with
     --baseline-tree whether another checkout wrote the same shards.
 
@@ -47,7 +47,7 @@ import psutil
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pipeline.builtin_corpus import write_builtin_corpus  # noqa: E402
-from pipeline.filters import FilterConfig, iter_reject_reasons  # noqa: E402
+from pipeline.filters import FilterConfig, iter_reject_reasons, reject_reason  # noqa: E402
 from pipeline.tokenizer import Tokenizer, train_tokenizer  # noqa: E402
 
 VOCAB_SIZE = 8000
@@ -163,7 +163,7 @@ def run_prepare(files_glob: str, out: str, model_path: str, workers: int, extra:
     cmd = [sys.executable, "-m", "pipeline.prepare", "--input", files_glob, "--output", out,
            "--tokenizer", model_path, "--train-shards", str(train_shards), "--val-shards", "1", *extra]
     if group_mb is not None and tree is None:
-        cmd += ["--max-write-group-mb", str(group_mb), "--no-progress"]
+        cmd += ["--max-group-mb", str(group_mb), "--no-progress"]
     if workers > 1:
         cmd += ["--direct_num_workers", str(workers), "--direct_running_mode", "multi_processing"]
     repo = tree or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -222,7 +222,7 @@ def main(argv=None) -> None:
                         help="8 train shards at the smallest size and proportionally more at larger ones (the same "
                         "shard size everywhere), instead of 8 at every size")
     parser.add_argument("--group-mb", type=float, default=None,
-                        help="--max-write-group-mb of the pipeline runs (default: the pipeline's)")
+                        help="--max-group-mb of the pipeline runs (default: the pipeline's)")
     parser.add_argument("--hot-copies", type=int, default=0,
                         help="also run a corpus of the smallest size plus one document repeated this many times")
     args = parser.parse_args(argv)
@@ -315,8 +315,9 @@ def hot_key_run(args, model_path: str) -> str:
         os.makedirs(out_dir)
         for path in src:
             shutil.copy(path, out_dir)
-        with gzip.open(src[0], "rt", encoding="utf-8") as f:
-            hot = next(json.loads(line)["text"] for line in f if len(line) > 2000)
+        with gzip.open(src[0], "rt", encoding="utf-8") as f:  # a short document the Gopher rules keep
+            hot = next(t for t in (json.loads(line)["text"] for line in f)
+                       if 400 < len(t) < 1500 and reject_reason(t, FilterConfig()) is None)
         per_file = 10_000
         for start in range(0, args.hot_copies, per_file):
             with gzip.open(os.path.join(out_dir, f"hot-{start // per_file:05d}.jsonl.gz"), "wt", encoding="utf-8",
@@ -326,15 +327,14 @@ def hot_key_run(args, model_path: str) -> str:
         open(os.path.join(out_dir, "DONE"), "w").close()
     res = run_prepare(os.path.join(out_dir, "*.jsonl.gz"), os.path.join(args.work, "out-hot"), model_path, 2,
                       group_mb=args.group_mb)
-    kept = 0
-    from pipeline.shards import ShardReader  # noqa: E402 -- only this run reads shards
-
-    m = res["manifest"]
-    counts = m["documents"]
-    return (f"hot key: {size} MB corpus + one document x {args.hot_copies:,} copies, 2 workers: "
-            f"{res['seconds']:.1f} s, peak RSS launcher {res['rss_main_mb']:.0f} MB, worker {res['rss_worker_mb']:.0f} MB; "
-            f"exact_duplicate {counts['rejected']['exact_duplicate']:,}, kept {counts['kept']:,} | {res['groups']}"
-            + ("" if kept else ""))
+    counts = res["manifest"]["documents"]
+    base = run_prepare(os.path.join(os.path.dirname(src[0]), "*.jsonl.gz"), os.path.join(args.work, "out-hot-base"),
+                       model_path, 2, group_mb=args.group_mb)["manifest"]["documents"]
+    return (f"hot key: {size} MB corpus + one document ({len(hot)} characters) x {args.hot_copies:,} copies, "
+            f"2 workers: {res['seconds']:.1f} s, peak RSS launcher {res['rss_main_mb']:.0f} MB, worker "
+            f"{res['rss_worker_mb']:.0f} MB; kept {counts['kept']:,} (without the copies {base['kept']:,}), "
+            f"exact_duplicate {counts['rejected']['exact_duplicate']:,} (without the copies "
+            f"{base['rejected']['exact_duplicate']:,}) | {res['groups']}")
 
 
 def shard_sums(res: dict) -> list[str]:

@@ -1,18 +1,23 @@
 """Exact dedup across the whole corpus: one document per dedup_key stays, the others are exact_duplicate.
 
 The document that stays is the one with the smallest rank (document_key, source), so the choice does not depend
-on the runner, the number of workers or the order of the input. No group ever holds the copies of a text, however
-often it repeats (boilerplate repeated millions of times in a crawl would be one hot key):
+on the runner, the number of workers, the bucket count or the order of the input. Two steps, so that no group
+ever holds the copies of a text however often it repeats (boilerplate repeated millions of times in a crawl),
+and so that the shuffle moves a few large elements rather than one per document:
 
-    SmallestPerContent  (dedup_key, rank) -> CombinePerKey(min): the winning rank of each text. Beam combines
-                        within each bundle before the shuffle, so a key repeated N times crosses it as one
-                        rank per bundle, not N documents
-    JoinWinner          documents keyed by (dedup_key, rank), each text's winner keyed the same way, grouped:
-                        a group holds one document (ranks are unique) and at most one winner mark
-    Decide              a document whose group holds the mark stays; every other is an exact_duplicate
+    DropCopies  where the documents are (fused into the filter stage): a window of about WINDOW_BYTES of packed
+                documents keeps one document per dedup_key, and every copy with a larger rank is rejected on the
+                spot; a text seen twice is remembered for the rest of the bundle (up to HOT_KEYS texts), so its
+                later copies are rejected on the spot too. What leaves the window is batched per bucket, a hash
+                of the dedup_key into ``buckets`` buckets, chosen from the input size so that a bucket's group
+                stays under the bound (pipeline.prepare). A text crosses the shuffle at most once per bundle
+                once it is hot, and at most once per window before, instead of once per copy.
+    Decide      per bucket: the smallest rank of each dedup_key in the group (first pass), then each document
+                stays if it has that rank, else it is an exact_duplicate (second pass). Holds one dict entry
+                per distinct text of the bucket and one batch of documents at a time.
 
-Documents cross the shuffle with their text compressed (pipeline.packing), once, as they did when dedup was
-one GroupByKey on the text's hash; what moves in addition is one (key, rank) pair per document per bundle.
+A copy dropped in the window always has a larger rank than a document of the same text that went on, so it
+would have lost in Decide too: the outcome equals one global group per text.
 """
 from __future__ import annotations
 
@@ -20,12 +25,14 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from pipeline import documents
+from pipeline.bundles import in_global_window
 from pipeline.counters import COUNTER_NAMESPACE, EXACT_DUPLICATE, GROUP_METRICS
 from pipeline.packing import pack_document, packed_size, unpack_document
 from pipeline.progress import DEDUP, Reporter
+from pipeline.split import hash_unit
 
-WINNER = "winner"
-DOCUMENT = "document"
+WINDOW_BYTES = 16 << 20  # packed documents a DropCopies instance holds before it sends them on
+HOT_KEYS = 1 << 16  # texts seen twice that a DropCopies instance remembers within a bundle (then it forgets all)
 
 
 def rank(doc: documents.Document) -> tuple[str, str]:
@@ -33,13 +40,78 @@ def rank(doc: documents.Document) -> tuple[str, str]:
     return documents.document_key(doc), doc.source
 
 
-class _DecideFn(beam.DoFn):
-    """((dedup_key, document_key, source), {document: [packed], winner: [marks]}) -> (dedup_key, Document) when
-    the group holds the winner mark, else an exact_duplicate Rejection (tagged "rejected").
+def bucket_of(dkey: str, buckets: int) -> int:
+    return int(hash_unit(dkey, "dedup-bucket") * buckets)
 
-    A group holds more than one document only if the input held two records with the same key and source (the
-    same text, id and line), which no reader produces; the first then stays and the others are duplicates, so
-    counts are conserved either way."""
+
+class _DropCopiesFn(beam.DoFn):
+    """Document -> (bucket, [(dedup_key, rank, packed document), ...]) batches; copies that lose within the
+    window (or to a remembered hot text) -> exact_duplicate Rejections, tagged "rejected"."""
+
+    def __init__(self, buckets: int, window_bytes: int = WINDOW_BYTES, hot_keys: int = HOT_KEYS,
+                 progress_dir: str | None = None):
+        self.buckets, self.window_bytes, self.hot_keys = buckets, window_bytes, hot_keys
+        self.progress_dir = progress_dir
+        self._progress = Reporter(None)
+
+    def setup(self):
+        self._progress = Reporter(self.progress_dir)
+
+    def start_bundle(self):
+        self._window: dict[str, tuple[tuple[str, str], tuple]] = {}  # text -> (rank, packed document)
+        self._seen_twice: set[str] = set()  # texts with a copy in the current window
+        self._hot: dict[str, tuple[str, str]] = {}  # text -> the smallest rank this bundle sent on
+        self._bytes = 0
+
+    def process(self, doc: documents.Document):
+        dkey, r = documents.dedup_key(doc.text), rank(doc)
+        hot = self._hot.get(dkey)
+        if hot is not None and hot < r:
+            yield self._reject(doc)
+            return
+        held = self._window.get(dkey)
+        if held is not None:
+            self._seen_twice.add(dkey)
+            if held[0] < r:
+                yield self._reject(doc)
+                return
+            yield self._reject(unpack_document(held[1]))
+            self._bytes -= packed_size(held[1])
+        packed = pack_document(doc)
+        self._window[dkey] = (r, packed)
+        self._bytes += packed_size(packed)
+        if self._bytes >= self.window_bytes:
+            yield from self._flush()
+
+    def finish_bundle(self):
+        for out in self._flush():
+            yield in_global_window(out)
+        self._progress.flush()
+
+    def teardown(self):
+        self._progress.flush()
+
+    def _reject(self, doc: documents.Document):
+        self._progress.add(DEDUP, rejected=1)
+        return beam.pvalue.TaggedOutput("rejected", documents.rejection_for(doc, EXACT_DUPLICATE))
+
+    def _flush(self):
+        batches: dict[int, list] = {}
+        for dkey, (r, packed) in self._window.items():
+            batches.setdefault(bucket_of(dkey, self.buckets), []).append((dkey, r, packed))
+            if dkey in self._seen_twice:
+                self._hot[dkey] = min(r, self._hot.get(dkey, r))
+        if len(self._hot) > self.hot_keys:  # forget them all: only a bound on memory, never on correctness
+            self._hot = {}
+        self._window, self._seen_twice, self._bytes = {}, set(), 0
+        for bucket in sorted(batches):
+            yield bucket, batches[bucket]
+
+
+class _DecideFn(beam.DoFn):
+    """(bucket, batches) -> (dedup_key, Document) for the smallest rank of each text; every other document of the
+    group -> an exact_duplicate Rejection (tagged "rejected"). Two passes over the group, which is never listed:
+    a runner that pages a large group's values (Dataflow) is never asked to hold it."""
 
     def __init__(self, progress_dir: str | None = None):
         self.progress_dir = progress_dir
@@ -56,38 +128,46 @@ class _DecideFn(beam.DoFn):
         self._progress.flush()
 
     def process(self, element):
-        (dkey, _, _), grouped = element
-        packed, marks = list(grouped[DOCUMENT]), list(grouped[WINNER])
-        self.group_bytes.update(packed_size(packed) + 8 * len(marks))
-        for i, doc in enumerate(map(unpack_document, packed)):
-            if marks and i == 0:
-                self._progress.add(DEDUP, kept=1)
-                yield dkey, doc
-            else:
-                self._progress.add(DEDUP, rejected=1)
-                yield beam.pvalue.TaggedOutput("rejected", documents.rejection_for(doc, EXACT_DUPLICATE))
+        _, batches = element
+        best: dict[str, tuple[str, str]] = {}
+        size = 0
+        for batch in batches:  # pass 1: ranks only
+            size += packed_size(batch)
+            for dkey, r, _ in batch:
+                r = tuple(r)
+                if dkey not in best or r < best[dkey]:
+                    best[dkey] = r
+        self.group_bytes.update(size)
+        for batch in batches:  # pass 2: decide, one batch of documents at a time
+            for dkey, r, packed in batch:
+                doc = unpack_document(packed)
+                if best.get(dkey) == tuple(r):
+                    del best[dkey]  # an identical second record (same text, key and source) is a duplicate
+                    self._progress.add(DEDUP, kept=1)
+                    yield dkey, doc
+                else:
+                    self._progress.add(DEDUP, rejected=1)
+                    yield beam.pvalue.TaggedOutput("rejected", documents.rejection_for(doc, EXACT_DUPLICATE))
 
 
 class ExactDedup(beam.PTransform):
-    """Documents -> ((dedup_key, Document) for one document per dedup_key, Rejections for the others).
-    ``progress_dir``: see pipeline.progress (local runs)."""
+    """Documents -> ((dedup_key, Document) for one document per dedup_key, Rejections of copies dropped where they
+    were read, Rejections of copies dropped per bucket). Two rejected collections, each written where it is made
+    (pipeline.rejected), so that the rejected text is never gathered. ``progress_dir``: see pipeline.progress."""
 
-    def __init__(self, progress_dir: str | None = None):
+    def __init__(self, buckets: int = 1, progress_dir: str | None = None, window_bytes: int = WINDOW_BYTES):
         super().__init__()
-        self.progress_dir = progress_dir
+        if buckets < 1:
+            raise ValueError(f"ExactDedup needs at least one bucket, got {buckets}")
+        self.buckets, self.progress_dir, self.window_bytes = buckets, progress_dir, window_bytes
 
     def expand(self, docs):
-        keyed = docs | "KeyByContent" >> beam.Map(lambda d: (documents.dedup_key(d.text), d))
-        winners = (
-            keyed
-            | "Rank" >> beam.Map(lambda kv: (kv[0], rank(kv[1])))
-            | "SmallestPerContent" >> beam.CombinePerKey(min)
-            | "WinnerKey" >> beam.Map(lambda kv: ((kv[0],) + tuple(kv[1]), True))
-        )
-        by_rank = keyed | "KeyByRank" >> beam.Map(lambda kv: ((kv[0],) + rank(kv[1]), pack_document(kv[1])))
+        local = docs | "DropCopies" >> beam.ParDo(
+            _DropCopiesFn(self.buckets, self.window_bytes, progress_dir=self.progress_dir)).with_outputs(
+            "rejected", main="batches")
         out = (
-            {DOCUMENT: by_rank, WINNER: winners}
-            | "JoinWinner" >> beam.CoGroupByKey()
+            local.batches
+            | "GroupByBucket" >> beam.GroupByKey()
             | "Decide" >> beam.ParDo(_DecideFn(self.progress_dir)).with_outputs("rejected", main="unique")
         )
-        return out.unique, out.rejected
+        return out.unique, local.rejected, out.rejected

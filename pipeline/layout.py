@@ -7,7 +7,8 @@ disagree. Standard library only (``pipeline.prepare`` checks the output before i
     DIR/tokenizer.model                            trained, or a copy of --tokenizer
     DIR/train/shard-SSSSS-of-NNNNN.bin / .idx      token shards (pipeline.shards), .idx renamed last
     DIR/val/shard-SSSSS-of-NNNNN.bin / .idx
-    DIR/rejected/STAGE-SSSSS-of-NNNNN.jsonl.gz     dropped records of one stage (parse, quality, dedup)
+    DIR/rejected/STAGE-SSSSS-of-NNNNN.jsonl.gz     dropped records of one stage (parse, quality,
+                                                   dedup_early, dedup)
     DIR/_corpus/builtin-NNNNN.jsonl.gz             --builtin-corpus input (pipeline.builtin_corpus)
     DIR/_runs/SPLIT-SSSSS-part-PPPPP.run           key-sorted pieces of a shard (pipeline.runs), removed
                                                    once every shard is written, before the manifest

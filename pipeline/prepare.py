@@ -5,10 +5,10 @@ One Apache Beam pipeline; build_pipeline wires these stages, in this order, each
     pipeline.read             ReadFiles / ReadHuggingFace   input files or dataset rows -> raw records
     pipeline.filter_stage     ParseRecords                  raw record -> Document | Rejection (invalid_utf8, ...)
                               GopherFilter                  Document -> kept | Rejection (too_few_words, ...)
-    pipeline.dedup            ExactDedup                    CombinePerKey(min) of each text's ranks, then a join on
-                                                            (text, rank): one document per text stays, no hot key
+    pipeline.dedup            ExactDedup                    copies dropped where they are read, then per bucket of
+                                                            text hashes: one document per text stays, no hot key
     pipeline.tokenizer_stage  TrainTokenizer / GivenTokenizer   hash sample -> DIR/tokenizer.model -> tokenizer info
-    pipeline.write            PlanWrite                     kept text size -> parts per shard (bounded groups)
+    pipeline.write            PlanWrite                     filtered text size -> parts per shard (bounded groups)
     pipeline.tokenizer_stage  TokenizeAndAssign             Document -> token bytes, batched per (split, shard, part)
                                                             (pipeline.split: hashes of the document_key)
     pipeline.write            WriteShards                   per part: a key-sorted run file; per shard: k-way merge
@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -58,8 +59,8 @@ LOG = logging.getLogger("pipeline.prepare")
 
 MIN_VOCAB_SIZE = 320  # 256 byte-fallback pieces + 3 specials + room for merges
 MAX_SHARDS = 99_999  # shard names have five digits
-DEFAULT_MAX_WRITE_GROUP_MB = 256.0
-DEFAULT_REMOTE_WRITE_GROUPS = 64  # a runner whose worker count is not given up front (Dataflow autoscaling)
+DEFAULT_MAX_GROUP_MB = 256.0
+DEFAULT_REMOTE_GROUPS = 64  # a runner whose worker count is not given up front (Dataflow autoscaling)
 LOCAL_RUNNERS = (None, "DirectRunner", "SwitchingDirectRunner", "FnApiRunner")  # --runner values run locally
 RULE_SETS = ("gopher",)  # --rules; "none" turns every quality rule off
 
@@ -99,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--val-fraction", type=float, default=0.01,
                      help="fraction of documents in the val split (hash of the document key); 0 = no val split")
     out.add_argument("--rejected-files", type=int, default=0,
-                     help="rejected/STAGE-*.jsonl.gz files per dropping stage (parse, quality, dedup); 0 = one per "
+                     help="rejected/STAGE-*.jsonl.gz files per dropping stage (parse, quality, dedup_early, dedup); 0 = one per "
                      "bundle, written where the records are dropped (no shuffle of the rejected text)")
 
     tok = p.add_argument_group("tokenizer")
@@ -112,13 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     out.add_argument("--no-progress", dest="progress", action="store_false",
                      help="local runs: do not print a progress line to stderr every 10 s and at each new stage")
-    out.add_argument("--max-write-group-mb", type=float, default=DEFAULT_MAX_WRITE_GROUP_MB,
-                     help="bound on one write group (the token batches of one part of a shard, as they cross the "
-                     "shuffle): shards are written in enough parts to stay under it")
-    out.add_argument("--min-write-groups", type=int, default=0,
-                     help="at least this many train write groups, so that every worker writes; 0 = the local "
-                     "worker count, or Dataflow's --max_num_workers / --num_workers, else "
-                     f"{DEFAULT_REMOTE_WRITE_GROUPS}")
+    out.add_argument("--max-group-mb", type=float, default=DEFAULT_MAX_GROUP_MB,
+                     help="bound on one group of the dedup and write steps (the values under one key as they cross "
+                     "the shuffle): dedup buckets and parts per shard are planned to stay under it")
+    out.add_argument("--min-groups", type=int, default=0,
+                     help="at least this many dedup buckets and train write groups, so that every worker gets "
+                     "work; 0 = the local worker count, or Dataflow's --max_num_workers / --num_workers, else "
+                     f"{DEFAULT_REMOTE_GROUPS}")
 
     flt = p.add_argument_group("filters (Gopher, Rae et al. 2021, Table A1)")
     flt.add_argument("--rules", default="gopher", metavar="SETS",
@@ -152,10 +153,10 @@ def validate_args(args: argparse.Namespace) -> None:
     if not 0 <= args.rejected_files <= MAX_SHARDS:
         raise ValueError(f"--rejected-files {args.rejected_files}: use 0 (one file per bundle) or a count up to "
                          f"{MAX_SHARDS}")
-    if not 0.01 <= args.max_write_group_mb <= 1e6:
-        raise ValueError(f"--max-write-group-mb {args.max_write_group_mb}: use a size in MB between 0.01 and 1e6")
-    if not 0 <= args.min_write_groups <= MAX_SHARDS:
-        raise ValueError(f"--min-write-groups {args.min_write_groups}: use 0 (automatic) or a count up to {MAX_SHARDS}")
+    if not 0.001 <= args.max_group_mb <= 1e6:
+        raise ValueError(f"--max-group-mb {args.max_group_mb}: use a size in MB between 0.001 and 1e6")
+    if not 0 <= args.min_groups <= MAX_SHARDS:
+        raise ValueError(f"--min-groups {args.min_groups}: use 0 (automatic) or a count up to {MAX_SHARDS}")
     rule_sets(args.rules)
     if args.builtin_corpus_mb is not None and args.builtin_corpus_mb <= 0:
         raise ValueError(f"--builtin-corpus-mb {args.builtin_corpus_mb}: use a positive number of MB")
@@ -312,17 +313,24 @@ def local_workers(options) -> int | None:
     return options.view_as(DirectOptions).direct_num_workers or os.cpu_count() or 1
 
 
-def min_write_groups(args: argparse.Namespace, options) -> int:
-    """--min-write-groups, or when 0: every local worker, or Dataflow's worker cap, gets a write group."""
-    if args.min_write_groups:
-        return args.min_write_groups
+def min_groups(args: argparse.Namespace, options) -> int:
+    """--min-groups, or when 0: every local worker, or Dataflow's worker cap, gets a dedup and a write group."""
+    if args.min_groups:
+        return args.min_groups
     local = local_workers(options)
     if local is not None:
         return local
     from apache_beam.options.pipeline_options import WorkerOptions
 
     workers = options.view_as(WorkerOptions)
-    return workers.max_num_workers or workers.num_workers or DEFAULT_REMOTE_WRITE_GROUPS
+    return workers.max_num_workers or workers.num_workers or DEFAULT_REMOTE_GROUPS
+
+
+def plan_buckets(input_bytes: int, max_group_bytes: int, min_buckets: int) -> int:
+    """Dedup buckets (pipeline.dedup): at least ``min_buckets``, and enough that a bucket's packed documents stay
+    under ``max_group_bytes``. Documents cross the dedup shuffle zstd-compressed, about as small as gzip makes
+    them; the input's size on disk (compressed or not) counted twice covers them with room to spare."""
+    return max(1, min_buckets, math.ceil(2 * input_bytes / max_group_bytes))
 
 
 def is_dry_run(options) -> bool:
@@ -333,9 +341,11 @@ def is_dry_run(options) -> bool:
 
 
 def build_pipeline(p, args, cfg: FilterConfig | None, sizes: dict[str, int], hf_rows: int,
-                   given_tokenizer: dict | None, config: dict, write_groups: int, progress_dir: str | None = None) -> None:
+                   given_tokenizer: dict | None, config: dict, groups: int, dedup_buckets: int,
+                   progress_dir: str | None = None) -> None:
     """Attach every stage to pipeline ``p``, in the order of the module docstring. ``cfg`` None: no quality rules;
-    ``sizes``: {input file: bytes}; ``progress_dir``: where workers report progress (pipeline.progress), or None."""
+    ``sizes``: {input file: bytes}; ``groups``: the least number of train write groups; ``progress_dir``: where
+    workers report progress (pipeline.progress), or None."""
     import apache_beam as beam
 
     from pipeline.dedup import ExactDedup
@@ -363,16 +373,16 @@ def build_pipeline(p, args, cfg: FilterConfig | None, sizes: dict[str, int], hf_
     if cfg is not None:
         kept, low_quality = docs | "GopherFilter" >> GopherFilter(cfg, progress_dir=progress)
         dropping.append(("quality", low_quality))
-    unique, duplicates = kept | "ExactDedup" >> ExactDedup(progress)
-    dropping.append(("dedup", duplicates))
+    unique, dropped_early, duplicates = kept | "ExactDedup" >> ExactDedup(dedup_buckets, progress)
+    dropping += [("dedup_early", dropped_early), ("dedup", duplicates)]
     if given_tokenizer is not None:
         tokenizer = p | "GivenTokenizer" >> GivenTokenizer(given_tokenizer, out)
     else:
         tokenizer = unique | "TrainTokenizer" >> TrainTokenizer(
             args.vocab_size, int(args.tokenizer_sample_mb * 1e6), out)
     val_shards = args.val_shards if args.val_fraction > 0 else 0
-    plan = unique | "PlanWrite" >> PlanWrite(tokenizer, args.val_fraction, args.train_shards, val_shards,
-                                             int(args.max_write_group_mb * (1 << 20)), write_groups)
+    plan = kept | "PlanWrite" >> PlanWrite(tokenizer, args.val_fraction, args.train_shards, val_shards,
+                                           int(args.max_group_mb * (1 << 20)), groups)
     keyed = unique | "Tokenize" >> TokenizeAndAssign(tokenizer, plan, args.val_fraction, args.train_shards,
                                                      val_shards, progress_dir=progress)
     shard_stats = keyed | "WriteShards" >> WriteShards(tokenizer, out, args.train_shards, val_shards, progress)
@@ -397,7 +407,7 @@ class Outcome:
     manifest: dict | None
     largest_groups: dict[str, int] = field(default_factory=dict)
     group_counts: dict[str, int] = field(default_factory=dict)
-    max_write_group_bytes: int = 0
+    max_group_bytes: int = 0
     dry_run_transforms: int = 0
 
 
@@ -425,7 +435,7 @@ def prepare(argv: list[str] | None = None) -> Outcome:
     sizes = resolve_inputs(args.input)
     files = list(sizes)
     given = load_given_tokenizer(args.tokenizer) if args.tokenizer else None
-    hf_rows = 0
+    hf_rows, hf_bytes = 0, 0
     if args.hf_dataset:
         from pipeline.read import load_hf_dataset
 
@@ -433,7 +443,7 @@ def prepare(argv: list[str] | None = None) -> Outcome:
         if args.text_field not in ds.column_names:
             raise ValueError(f"--hf-dataset {args.hf_dataset} has no column {args.text_field!r} "
                              f"(columns: {ds.column_names}); set --text-field")
-        hf_rows = len(ds)
+        hf_rows, hf_bytes = len(ds), int(ds.data.nbytes)
     if dry_run and is_remote(args.output):
         # Listing or writing a gs:// output needs Cloud Storage credentials, which a dry run must not need.
         LOG.warning("dry run: the checks of --output %s are skipped (they need Cloud Storage access)", args.output)
@@ -453,22 +463,23 @@ def prepare(argv: list[str] | None = None) -> Outcome:
 
     config = {k: v for k, v in sorted(vars(args).items()) if k not in {f.name for f in fields(FilterConfig)}}
     config.update(filters=asdict(cfg) if cfg else None, beam_args=list(beam_args), input_files=len(files))
-    write_groups = min_write_groups(args, options)
-    max_group = int(args.max_write_group_mb * (1 << 20))
+    groups = min_groups(args, options)
+    max_group = int(args.max_group_mb * (1 << 20))
     sizes = {f: sizes[f] for f in files}
+    buckets = plan_buckets(sum(sizes.values()) + hf_bytes, max_group, groups)
     if dry_run:
         p = beam.Pipeline(runner=runner, options=options)
-        build_pipeline(p, args, cfg, sizes, hf_rows, given, config, write_groups)
+        build_pipeline(p, args, cfg, sizes, hf_rows, given, config, groups, buckets)
         transforms = len(p.to_runner_api().components.transforms)
         p.run().wait_until_finish()
-        return Outcome(None, max_write_group_bytes=max_group, dry_run_transforms=transforms)
+        return Outcome(None, max_group_bytes=max_group, dry_run_transforms=transforms)
     with ExitStack() as stack:
         progress_dir = None
         if runner is not None and args.progress:  # a local run: its workers share this machine's disk
             progress_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="prepare-progress-"))
             stack.enter_context(ProgressPrinter(progress_dir, len(files), sum(sizes.values())))
         p = beam.Pipeline(runner=runner, options=options)
-        build_pipeline(p, args, cfg, sizes, hf_rows, given, config, write_groups, progress_dir)
+        build_pipeline(p, args, cfg, sizes, hf_rows, given, config, groups, buckets, progress_dir)
         result = p.run()
         result.wait_until_finish()
     largest, counts = group_metrics(result)
@@ -518,7 +529,7 @@ def groups_line(outcome: Outcome) -> str:
     sizes = ", ".join(f"{step} {n / mb:.3f} MB of {outcome.group_counts[step]} groups"
                       for step, n in sorted(outcome.largest_groups.items()))
     return (f"largest group: {sizes or 'not reported by this runner'} "
-            f"(write groups bounded at {outcome.max_write_group_bytes / mb:.3g} MB)")
+            f"(dedup and write groups bounded at {outcome.max_group_bytes / mb:.3g} MB)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -77,7 +77,7 @@ def gzip_member(data: bytes) -> bytes:
 class WriteRejected(beam.PTransform):
     """Rejections -> DIR/rejected/STAGE-SSSSS-of-NNNNN.jsonl.gz; returns the written file names.
 
-    One instance per stage that drops records (parse, quality, dedup), applied to that stage's output with
+    One instance per stage that drops records (parse, quality, dedup_early, dedup), applied to that stage's output with
     no Flatten in between, so the runner fuses the formatting and writing into the stage itself: the rejected
     text (often most of a web corpus) is never shuffled, materialized by the runner or re-read by a later
     stage. ``num_files`` 0 (the default) writes one file per bundle; a positive count shuffles the compressed

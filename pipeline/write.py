@@ -4,7 +4,7 @@ A shard's documents are in (document_key, dedup_key) order, the order that makes
 number of workers. No step holds a whole shard:
 
     GroupByPart       (split, shard, part) -> batches; the part is a hash of the document key, and PlanWrite
-                      picks enough parts per shard that a group stays under --max-write-group-mb
+                      picks enough parts per shard that a group stays under --max-group-mb
     WriteRun          each group's documents in key order (in_key_order) -> DIR/_runs/ one run file (pipeline.runs)
     GroupRunsByShard  (split, shard) -> the names of its run files (a few bytes each)
     MergeRuns         a streaming k-way merge of the runs by key -> pipeline.shards.ShardWriter under temporary
@@ -143,7 +143,7 @@ def plan_parts(text_bytes: int, val_fraction: float, counts: dict[str, int], max
     """Parts per shard of each split, so that one write group ((split, shard, part)) stays under
     ``max_group_bytes`` and the train split has at least ``min_groups`` groups (every worker gets one).
 
-    Planned from the kept documents' UTF-8 bytes at one token per byte (``token_bytes_per_text_byte`` = the
+    Planned from the UTF-8 bytes of the documents that passed the filters (before dedup) at one token per byte (``token_bytes_per_text_byte`` = the
     shard dtype's size): a tokenizer averages several bytes per token, so the groups' token bytes, which cross
     the shuffle compressed, stay well below the bound. A part is a hash of the document key, so parts of a
     shard are about equal; one document is never split, so a group is never smaller than its largest document.
@@ -162,13 +162,13 @@ def plan_parts(text_bytes: int, val_fraction: float, counts: dict[str, int], max
 
 
 class _SumTextFn(beam.CombineFn):
-    """(dedup_key, Document) -> (documents, UTF-8 bytes of their text)."""
+    """Documents -> (documents, UTF-8 bytes of their text)."""
 
     def create_accumulator(self):
         return 0, 0
 
     def add_input(self, acc, element):
-        return acc[0] + 1, acc[1] + len(element[1].text.encode("utf-8", "surrogatepass"))
+        return acc[0] + 1, acc[1] + len(element.text.encode("utf-8", "surrogatepass"))
 
     def merge_accumulators(self, accumulators):
         docs, size = 0, 0
@@ -181,11 +181,13 @@ class _SumTextFn(beam.CombineFn):
 
 
 class PlanWrite(beam.PTransform):
-    """(dedup_key, Document) -> [write plan]: {"parts": {split: parts per shard}, "documents", "text_bytes",
-    "max_group_bytes"}, a singleton side input of the tokenize stage (which keys each document by its part).
+    """Documents that passed the filters -> [write plan]: {"parts": {split: parts per shard}, "documents",
+    "text_bytes", "max_group_bytes"}, a singleton side input of the tokenize stage (which keys each document by
+    its part).
 
-    A CombineGlobally over the kept documents, computed where the tokenizer's sample is: the tokenize stage waits
-    for the deduplicated documents anyway (the trained tokenizer is its side input)."""
+    A CombineGlobally over the documents before dedup (an upper bound of what is kept): it runs inside the
+    filter stage, so the plan is ready before the dedup join ends and the deduplicated documents flow straight
+    into the tokenize stage; planned after dedup, they would have to be held whole until the plan was known."""
 
     def __init__(self, tokenizer, val_fraction: float, train_shards: int, val_shards: int, max_group_bytes: int,
                  min_groups: int):

@@ -13,7 +13,7 @@ def _floors() -> dict[str, str]:
     found = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
-            m = re.fullmatch(r"([A-Za-z0-9_.-]+)(\[[a-z,]+\])?>=([0-9][0-9.]*)", node.value)
+            m = re.fullmatch(r"([A-Za-z0-9_.-]+)(\[[a-z,]+\])?>=([0-9][0-9.]*)(,<[0-9][0-9.]*)?", node.value)
             if m:
                 found[m.group(1)] = m.group(3)
     return found
@@ -21,6 +21,23 @@ def _floors() -> dict[str, str]:
 
 def _version(v: str) -> tuple[int, ...]:
     return tuple(int(x) for x in v.split("."))
+
+
+def test_beam_range_holds_the_tested_and_the_pinned_versions():
+    """setup.py declares the Beam range the tests run against (a floor and a cap); the worker image pins a version
+    inside it, and the Beam these tests run on is inside it."""
+    text = open(os.path.join(ROOT, "setup.py")).read()
+    m = re.search(r'"apache-beam\[gcp\]>=([0-9.]+),<([0-9.]+)"', text)
+    assert m, "setup.py must declare apache-beam with a floor and a cap"
+    floor, cap = _version(m.group(1)), _version(m.group(2))
+    image = re.search(r"^FROM apache/beam_python[0-9.]+_sdk:([0-9.]+)$",
+                      open(os.path.join(ROOT, "docker", "Dockerfile.beam")).read(), re.M)
+    assert image and floor <= _version(image.group(1)) < cap, image and image.group(1)
+    try:
+        import apache_beam
+    except ImportError:
+        return
+    assert floor <= _version(apache_beam.__version__) < cap, apache_beam.__version__
 
 
 def test_every_floor_is_recorded_in_the_tested_versions_table():

@@ -89,14 +89,54 @@ def test_two_workers_give_byte_identical_outputs(prepared, tmp_path):
     strip = lambda m: {k: v for k, v in m.items() if k != "config"}  # noqa: E731 -- config records the flags
     out2 = str(tmp_path / "out2")
     outcome = prepare(["--input", prepared["inputs"], "--output", out2, *PREPARE_OPTIONS,
-                       "--max-write-group-mb", "0.01", "--direct_num_workers", "2",
+                       "--max-group-mb", "0.01", "--direct_num_workers", "2",
                        "--direct_running_mode", "multi_processing"])
     assert shard_files(out2) == shard_files(prepared["out"])
     assert strip(outcome.manifest) == strip(prepared["manifest"])
     assert outcome.manifest["config"]["beam_args"][-2:] == ["--direct_running_mode", "multi_processing"]
     assert outcome.group_counts["write"] > 2 * outcome.group_counts["merge"]  # several parts per shard
-    assert 0 < outcome.largest_groups["write"] <= outcome.max_write_group_bytes == int(0.01 * (1 << 20))
+    assert 0 < outcome.largest_groups["write"] <= outcome.max_group_bytes == int(0.01 * (1 << 20))
     assert not os.path.exists(os.path.join(out2, "_runs"))  # the run files are gone once the manifest is written
+
+
+def test_a_worker_killed_mid_stage_leaves_no_partial_file_and_the_shards_are_the_same(prepared, tmp_path):
+    """SIGKILL one of two local worker processes while the write stage is writing run files. Beam's local runner
+    either carries on or fails the run (without a manifest); either way the finished run (or its rerun with
+    --overwrite, which clears what the failed one left) has no run file or temporary file left, and its shards are
+    the undisturbed run's, byte for byte."""
+    import subprocess
+    import sys
+    import time
+
+    psutil = require("psutil")
+    out = tmp_path / "out"
+    argv = ["--input", prepared["inputs"], "--output", str(out), *PREPARE_OPTIONS,
+            "--tokenizer", os.path.join(prepared["out"], "tokenizer.model"), "--max-group-mb", "0.002",
+            "--direct_num_workers", "2", "--no-progress"]
+    reference = run([*argv[:3], str(tmp_path / "reference"), *argv[4:-3]])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.prepare", *argv], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    killed, deadline = None, time.monotonic() + 240
+    while proc.poll() is None and time.monotonic() < deadline:
+        if killed is None and (out / "_runs").is_dir() and any((out / "_runs").iterdir()):
+            workers = [c for c in psutil.Process(proc.pid).children(recursive=True)
+                       if "sdk_worker_main" in " ".join(c.cmdline())]
+            if workers:
+                workers[0].kill()
+                killed = workers[0].pid
+        time.sleep(0.02)
+    if proc.poll() is None:
+        proc.kill()
+        pytest.fail("the run did not end within 240 s of a worker being killed")
+    log = proc.stdout.read().decode("utf-8", "replace")
+    assert killed is not None, "no worker was running while run files were written:\n" + log[-3000:]
+    if proc.returncode != 0:
+        assert not (out / "manifest.json").exists(), "a failed run must not look finished"
+        run([*argv, "--overwrite"])
+    assert not (out / "_runs").exists()
+    assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
+    assert load_manifest(str(out), verify=True)["shards"] == reference["shards"]
 
 
 def test_every_worker_gets_a_write_group_whatever_the_shard_count(prepared, tmp_path):
@@ -106,7 +146,7 @@ def test_every_worker_gets_a_write_group_whatever_the_shard_count(prepared, tmp_
             *PREPARE_OPTIONS, "--train-shards", "1", "--val-fraction", "0"]
     two = prepare([*base, "--output", str(tmp_path / "two"), "--direct_num_workers", "2"])
     assert two.group_counts["write"] >= 2 and two.group_counts["merge"] == 1
-    one = prepare([*base, "--output", str(tmp_path / "one"), "--min-write-groups", "1"])
+    one = prepare([*base, "--output", str(tmp_path / "one"), "--min-groups", "1"])
     assert one.group_counts["write"] == 1
     assert shard_files(str(tmp_path / "two")) == shard_files(str(tmp_path / "one"))
 

@@ -333,8 +333,8 @@ def test_parse_filter_dedup_stages(make_text, beam_pipeline):
     with beam_pipeline() as p:
         docs, bad = p | beam.Create(records) | ParseRecords()
         kept, low = docs | GopherFilter(FilterConfig())
-        unique, dups = kept | ExactDedup()
-        rejected = (bad, low, dups) | beam.Flatten()
+        unique, early, dups = kept | ExactDedup()
+        rejected = (bad, low, early, dups) | beam.Flatten()
         assert_that(unique | beam.Map(lambda kv: (kv[0], kv[1].id)),
                     equal_to([(dedup_key(good), "a"), (dedup_key(other), "c")]), label="unique")
         assert_that(rejected | beam.Map(lambda r: (r.source, r.reason)), equal_to([

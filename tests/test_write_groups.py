@@ -84,35 +84,40 @@ def _distribution(result, step: str):
     return values[0]
 
 
-def test_a_text_repeated_thousands_of_times_is_never_one_group(beam_pipeline, make_text):
-    """2,000 copies of one text among 300 other documents: exactly one copy stays (the smallest key), the others
-    are exact_duplicate, and no dedup group holds more than one document (the distribution the pipeline records)."""
+@pytest.mark.parametrize("window_bytes", [16 << 20, 2000])  # one window per bundle; a window every few documents
+def test_a_text_repeated_thousands_of_times_is_never_one_group(beam_pipeline, make_text, window_bytes):
+    """2,000 copies of one text among 300 other documents, 4 buckets: exactly one copy stays (the smallest key),
+    the others are exact_duplicate, and no dedup group holds more than a few of the copies (the distribution the
+    pipeline records): they are dropped where they are read, whatever the window."""
     copies, others = 2000, 300
     hot = make_text(7)
     docs = [Document(id=f"copy-{i:05d}", text=hot, source=f"hot.jsonl:{i}") for i in range(copies)]
     docs += [Document(id=f"doc-{i:04d}", text=make_text(1000 + i), source=f"f.jsonl:{i}") for i in range(others)]
     random.Random(0).shuffle(docs)
     p = beam_pipeline()
-    unique, dups = p | beam.Create(docs) | ExactDedup()
+    unique, early, late = p | beam.Create(docs) | ExactDedup(4, window_bytes=window_bytes)
     assert_that(unique | beam.Map(lambda kv: kv[1].id),
                 equal_to(["copy-00000"] + [f"doc-{i:04d}" for i in range(others)]), label="kept")
-    assert_that(dups | beam.Map(lambda r: (r.id, r.reason)),
+    assert_that((early, late) | beam.Flatten() | beam.Map(lambda r: (r.id, r.reason)),
                 equal_to([(f"copy-{i:05d}", EXACT_DUPLICATE) for i in range(1, copies)]), label="duplicates")
     result = p.run()
     result.wait_until_finish()
     dist = _distribution(result, "dedup")
-    assert dist.count == copies + others  # one group per document
-    one_document = max(packed_size(pack_document(d)) for d in docs) + 8
-    assert dist.max <= one_document
+    assert dist.count <= 4
+    one_copy = packed_size(pack_document(docs[0]))
+    everything_else = sum(packed_size(pack_document(d)) for d in docs if d.text != hot) + 100 * others
+    assert dist.max < everything_else + 20 * one_copy  # far from 2,000 copies
 
 
-def test_dedup_keeps_the_smallest_key_whatever_the_input_order(beam_pipeline, make_text):
+def test_dedup_keeps_the_smallest_key_whatever_the_input_order_and_buckets(beam_pipeline, make_text):
     text = make_text(3)
     docs = [Document(id=i, text=text if i != "solo" else make_text(4), source=f"s:{i}")
             for i in ("m", "b", "z", "solo", "c")]
-    for order in (docs, docs[::-1]):
+    docs.append(Document(id="b", text=text, source="s:b"))  # the same record twice: one stays
+    for order, buckets, window in ((docs, 1, 1 << 20), (docs[::-1], 3, 1 << 20), (docs, 2, 1)):
         with beam_pipeline() as p:
-            unique, dups = p | beam.Create(order) | ExactDedup()
+            unique, early, late = p | beam.Create(order) | ExactDedup(buckets, window_bytes=window)
             assert_that(unique | beam.Map(lambda kv: (kv[0], kv[1].id)),
                         equal_to([(dedup_key(text), "b"), (dedup_key(make_text(4)), "solo")]), label="kept")
-            assert_that(dups | beam.Map(lambda r: r.id), equal_to(["c", "m", "z"]), label="dups")
+            assert_that((early, late) | beam.Flatten() | beam.Map(lambda r: r.id), equal_to(["b", "c", "m", "z"]),
+                        label="dups")

@@ -122,8 +122,8 @@ def rules_off(repo: str) -> tuple[list[str], FilterConfig, str]:
             values[f.name] = 10 ** 12 if is_int else 1e12
     cfg = FilterConfig(**values)
     cfg.validate()
-    rules = re.search(r"--rules[\s={]", help_text)
-    if rules and "none" in help_text[rules.start():rules.start() + 400]:
+    described = re.search(r"^\s+--rules\b", help_text, re.M)  # the option's own entry, not the usage line
+    if described and "none" in help_text[described.start():described.start() + 400]:
         return ["--rules", "none"], cfg, "`--rules none` (no rule runs)"
     flags = []
     for name, value in values.items():

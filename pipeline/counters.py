@@ -5,7 +5,7 @@ Counters (namespace COUNTER_NAMESPACE): ``files`` (input files opened), ``read``
 The manifest lists every reason in REASONS, with 0 for those that never fired, so two runs' counts line up.
 
 Distributions (same namespace), one per grouping step, of the bytes of the values under one key
-(pipeline.packing.packed_size), so that a run reports its largest group: GROUP_METRICS.
+(pipeline.packing.document_size, token_batch_size), so that a run reports its largest group: GROUP_METRICS.
 """
 from __future__ import annotations
 

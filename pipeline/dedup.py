@@ -27,9 +27,8 @@ from apache_beam.metrics import Metrics
 from pipeline import documents
 from pipeline.bundles import in_global_window
 from pipeline.counters import COUNTER_NAMESPACE, EXACT_DUPLICATE, GROUP_METRICS
-from pipeline.packing import pack_document, packed_size, unpack_document
+from pipeline.packing import document_size, pack_document, unpack_document
 from pipeline.progress import DEDUP, Reporter
-from pipeline.split import hash_unit
 
 WINDOW_BYTES = 16 << 20  # packed documents a DropCopies instance holds before it sends them on
 HOT_KEYS = 1 << 16  # texts seen twice that a DropCopies instance remembers within a bundle (then it forgets all)
@@ -41,7 +40,8 @@ def rank(doc: documents.Document) -> tuple[str, str]:
 
 
 def bucket_of(dkey: str, buckets: int) -> int:
-    return int(hash_unit(dkey, "dedup-bucket") * buckets)
+    """The bucket of a text: its dedup_key is a sha256 in hex already, so its first 48 bits are uniform."""
+    return (int(dkey[:12], 16) * buckets) >> 48
 
 
 class _DropCopiesFn(beam.DoFn):
@@ -76,10 +76,10 @@ class _DropCopiesFn(beam.DoFn):
                 yield self._reject(doc)
                 return
             yield self._reject(unpack_document(held[1]))
-            self._bytes -= packed_size(held[1])
+            self._bytes -= document_size(held[1])
         packed = pack_document(doc)
         self._window[dkey] = (r, packed)
-        self._bytes += packed_size(packed)
+        self._bytes += document_size(packed)
         if self._bytes >= self.window_bytes:
             yield from self._flush()
 
@@ -132,9 +132,9 @@ class _DecideFn(beam.DoFn):
         best: dict[str, tuple[str, str]] = {}
         size = 0
         for batch in batches:  # pass 1: ranks only
-            size += packed_size(batch)
-            for dkey, r, _ in batch:
+            for dkey, r, packed in batch:
                 r = tuple(r)
+                size += len(dkey) + len(r[0]) + len(r[1]) + document_size(packed)
                 if dkey not in best or r < best[dkey]:
                     best[dkey] = r
         self.group_bytes.update(size)

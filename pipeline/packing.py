@@ -42,14 +42,16 @@ def pack_token_batch(items: list[tuple[tuple[str, str], bytes]]) -> tuple[list, 
     return [k for k, _ in items], [len(b) for _, b in items], blob
 
 
-def packed_size(packed) -> int:
-    """Bytes of a packed document or token batch as it crosses a shuffle (its strings and byte strings, without
-    the coder's few bytes of framing): what the pipeline's group-size metrics add up."""
-    if isinstance(packed, (bytes, str)):
-        return len(packed)
-    if isinstance(packed, (list, tuple)):
-        return sum(packed_size(x) for x in packed)
-    return 8  # a number or a flag
+def document_size(packed: tuple[str, str, bool, bytes]) -> int:
+    """Bytes of a packed document as it crosses a shuffle (its strings and compressed text, a flag counted as 8,
+    without the coder's framing): what the dedup group-size metric adds up."""
+    return len(packed[0]) + len(packed[1]) + 8 + len(packed[3])
+
+
+def token_batch_size(packed: tuple[list, list[int], bytes]) -> int:
+    """Bytes of a packed token batch as it crosses a shuffle (its keys, 8 per length, the compressed tokens)."""
+    keys, lengths, blob = packed
+    return sum(len(a) + len(b) for a, b in keys) + 8 * len(lengths) + len(blob)
 
 
 def unpack_token_batch(packed: tuple[list, list[int], bytes]) -> list[tuple[tuple[str, str], bytes]]:

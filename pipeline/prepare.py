@@ -385,7 +385,7 @@ def build_pipeline(p, args, cfg: FilterConfig | None, sizes: dict[str, int], hf_
                                            int(args.max_group_mb * (1 << 20)), groups)
     keyed = unique | "Tokenize" >> TokenizeAndAssign(tokenizer, plan, args.val_fraction, args.train_shards,
                                                      val_shards, progress_dir=progress)
-    shard_stats = keyed | "WriteShards" >> WriteShards(tokenizer, out, args.train_shards, val_shards, progress)
+    shard_stats = keyed | "WriteShards" >> WriteShards(tokenizer, plan, out, args.train_shards, val_shards, progress)
     # Each dropping stage writes and counts its own rejections (no Flatten first), so that work fuses into
     # the stage and the rejected text never passes through the runner; only file names and counts meet.
     files, counts = [], []

@@ -44,33 +44,55 @@ def write_run(f: IO[bytes], items: Iterable[Item]) -> int:
     return count
 
 
-def _read_exact(stream, n: int, name: str) -> bytes:
-    parts, left = [], n
-    while left:
-        chunk = stream.read(left)
-        if not chunk:
-            raise ValueError(f"run file {name} ends in the middle of a record (it is truncated); rerun the "
-                             "preparation with --overwrite")
-        parts.append(chunk)
-        left -= len(chunk)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+_READ_BYTES = 1 << 20
 
 
 def read_run(f: IO[bytes], name: str = "<run>") -> Iterator[Item]:
-    """The items of a run file, in its order, one at a time (memory: one document's tokens plus zstd's window)."""
-    stream = zstandard.ZstdDecompressor().stream_reader(f, read_size=1 << 20, closefd=False)
-    if stream.read(len(MAGIC)) != MAGIC:
-        raise ValueError(f"{name} is not a run file of this tool (bad magic); rerun the preparation with --overwrite")
-    while True:
-        head = stream.read(_LEN32.size)
-        if not head:
+    """The items of a run file, in its order, one at a time (memory: ~1 MB of decompressed buffer, or one
+    document's tokens when it is larger, plus zstd's window)."""
+    stream = zstandard.ZstdDecompressor().stream_reader(f, read_size=_READ_BYTES, closefd=False)
+    buf, pos = b"", 0
+
+    def need(n: int) -> None:  # make buf[pos:pos + n] available, or fail naming the file
+        nonlocal buf, pos
+        if len(buf) - pos >= n:
             return
-        if len(head) < _LEN32.size:
-            head += _read_exact(stream, _LEN32.size - len(head), name)
-        a = _read_exact(stream, _LEN32.unpack(head)[0], name).decode("utf-8", "surrogatepass")
-        b = _read_exact(stream, _LEN32.unpack(_read_exact(stream, _LEN32.size, name))[0], name)
-        n = _LEN64.unpack(_read_exact(stream, _LEN64.size, name))[0]
-        yield (a, b.decode("utf-8", "surrogatepass")), _read_exact(stream, n, name) if n else b""
+        parts, have = [buf[pos:]], len(buf) - pos
+        while have < n:
+            chunk = stream.read(max(_READ_BYTES, n - have))
+            if not chunk:
+                raise ValueError(f"run file {name} ends in the middle of a record (it is truncated); rerun the "
+                                 "preparation with --overwrite")
+            parts.append(chunk)
+            have += len(chunk)
+        buf, pos = b"".join(parts), 0
+
+    try:
+        need(len(MAGIC))
+    except ValueError:
+        buf = b""
+    if buf[:len(MAGIC)] != MAGIC:
+        raise ValueError(f"{name} is not a run file of this tool (bad magic); rerun the preparation with --overwrite")
+    pos = len(MAGIC)
+    while True:
+        if pos == len(buf):
+            buf, pos = stream.read(_READ_BYTES), 0
+            if not buf:
+                return
+        need(_LEN32.size)
+        (n,) = _LEN32.unpack_from(buf, pos)
+        need(_LEN32.size + n + _LEN32.size)
+        a = buf[pos + 4:pos + 4 + n].decode("utf-8", "surrogatepass")
+        pos += 4 + n
+        (n,) = _LEN32.unpack_from(buf, pos)
+        need(_LEN32.size + n + _LEN64.size)
+        b = buf[pos + 4:pos + 4 + n].decode("utf-8", "surrogatepass")
+        pos += 4 + n
+        (n,) = _LEN64.unpack_from(buf, pos)
+        need(_LEN64.size + n)
+        tokens = buf[pos + 8:pos + 8 + n]
+        pos += 8 + n
+        yield (a, b), tokens
 
 
 def merge_runs(runs: list[Iterator[Item]]) -> Iterator[bytes]:

@@ -30,4 +30,4 @@ def assign_shard(key: str, val_fraction: float, train_shards: int, val_shards: i
 def assign_part(key: str, parts: int) -> int:
     """The write group of a document within its shard (pipeline.write): an independently salted hash of its
     document_key into ``parts`` parts. Parts change only how a shard is written, never its bytes."""
-    return int(hash_unit(key, "write-part") * parts)
+    return int(hash_unit(key, "write-part") * parts) if parts > 1 else 0

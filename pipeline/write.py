@@ -39,7 +39,7 @@ from pipeline import files
 from pipeline.files import is_remote
 from pipeline.counters import COUNTER_NAMESPACE, GROUP_METRICS
 from pipeline.layout import RUNS_DIR, SPLITS, is_run_file, run_path, shard_path
-from pipeline.packing import packed_size, unpack_token_batch
+from pipeline.packing import token_batch_size, unpack_token_batch
 from pipeline.progress import WRITE, Reporter
 from pipeline.runs import merge_runs, read_run, write_run
 from pipeline.shards import ShardWriter, dtype_for_vocab
@@ -79,13 +79,13 @@ def in_key_order(batches, measure=None) -> Iterator[tuple[tuple[str, str], bytes
     shuffle (Dataflow) then never put a group's tokens in memory at once, and neither does this function: each
     document's tokens are first written at their final offset in an anonymous temporary file (the worker's
     local disk, one group's tokens at most), batch by batch, then read back in order. ``measure``, when given,
-    is called in the first pass with the packed size in bytes of each batch (pipeline.packing.packed_size).
+    is called in the first pass with the size in bytes of each batch (pipeline.packing.token_batch_size).
     """
     lengths, order = [], []
     for b, batch in enumerate(batches):  # pass 1: keys and lengths only
         keys, batch_lengths, _ = batch
         if measure is not None:
-            measure(packed_size(batch))
+            measure(token_batch_size(batch))
         lengths.append(list(batch_lengths))
         order.extend((tuple(key), b, i) for i, key in enumerate(keys))
     order.sort()
@@ -214,12 +214,14 @@ class PlanWrite(beam.PTransform):
 class _WriteRunFn(beam.DoFn):
     """((split, shard, part), packed batches) -> ((split, shard), run descriptor): the group's documents in key
     order (in_key_order) into DIR/_runs/SPLIT-SSSSS-part-PPPPP.run under a temporary name, then renamed.
+    When the plan gives the split one part per shard, the group is the whole shard (under the bound, by the
+    plan): it is written as the shard itself, and its stats leave tagged "shards", with no run file or merge.
 
     The name is a function of the group alone, so a retried or speculative attempt writes the same bytes to the
     same name; the descriptor that reaches the merge is that of the attempt the runner committed."""
 
-    def __init__(self, output_dir: str, progress_dir: str | None = None):
-        self.output_dir, self.progress_dir = output_dir, progress_dir
+    def __init__(self, output_dir: str, counts: dict[str, int], progress_dir: str | None = None):
+        self.output_dir, self.counts, self.progress_dir = output_dir, counts, progress_dir
         self.group_bytes = Metrics.distribution(COUNTER_NAMESPACE, GROUP_METRICS["write"])
         self._progress = Reporter(None)
 
@@ -232,14 +234,22 @@ class _WriteRunFn(beam.DoFn):
     def teardown(self):
         self._progress.flush()
 
-    def process(self, element):
+    def process(self, element, info, plan):
         (split, shard, part), batches = element
-        rel = run_path(split, shard, part)
         size = [0]
 
         def measure(n: int) -> None:
             size[0] += n
 
+        if plan["parts"][split] == 1:
+            stats = _write_shard(self.output_dir, self.counts, split, shard,
+                                 (tokens for _, tokens in in_key_order(batches, measure)),
+                                 dtype_for_vocab(info["vocab_size"]))
+            self.group_bytes.update(size[0])
+            self._progress.add(WRITE, shards=1)
+            yield beam.pvalue.TaggedOutput("shards", stats)
+            return
+        rel = run_path(split, shard, part)
         with replaced_on_close(FileSystems.join(self.output_dir, *rel.split("/"))) as f:
             documents = write_run(f, in_key_order(batches, measure))
         self.group_bytes.update(size[0])
@@ -301,29 +311,35 @@ class _WriteEmptyShardFn(beam.DoFn):
 class WriteShards(beam.PTransform):
     """((split, shard, part), packed token batch) -> one stats dict per shard (every shard exists, empty ones too).
 
-    Two groupings, neither of which holds a shard: by (split, shard, part), each group writing one key-sorted run
-    file; then by (split, shard), whose values are only the run files' names, merged into the shard. Empty
+    Two groupings, neither of which holds more than the bound: by (split, shard, part), each group writing one
+    key-sorted run file (or, with one part per shard, the shard itself); then by (split, shard), whose values are
+    only the run files' names, merged into the shard. Empty
     shards are written by a separate small step after the others (a side input of their stats), not by
     flattening placeholders into the token stream: a Flatten of differently-typed collections makes the local
     runner copy every token through an extra serial stage. The run files are removed by remove_runs, once every
     shard is in place (the manifest stage calls it).
     """
 
-    def __init__(self, tokenizer, output_dir: str, train_shards: int, val_shards: int,
+    def __init__(self, tokenizer, plan, output_dir: str, train_shards: int, val_shards: int,
                  progress_dir: str | None = None):
         super().__init__()
-        self.tokenizer, self.output_dir, self.progress_dir = tokenizer, output_dir, progress_dir
+        self.tokenizer, self.plan, self.output_dir, self.progress_dir = tokenizer, plan, output_dir, progress_dir
         self.counts = {"train": train_shards, "val": val_shards}
 
     def expand(self, keyed):
         info = beam.pvalue.AsSingleton(self.tokenizer)
-        written = (
+        runs = (
             keyed
             | "GroupByPart" >> beam.GroupByKey()
-            | "WriteRun" >> beam.ParDo(_WriteRunFn(self.output_dir, self.progress_dir))
+            | "WriteRun" >> beam.ParDo(_WriteRunFn(self.output_dir, self.counts, self.progress_dir), info,
+                                       beam.pvalue.AsSingleton(self.plan)).with_outputs("shards", main="runs")
+        )
+        merged = (
+            runs.runs
             | "GroupRunsByShard" >> beam.GroupByKey()
             | "MergeRuns" >> beam.ParDo(_MergeRunsFn(self.output_dir, self.counts, self.progress_dir), info)
         )
+        written = (runs.shards, merged) | "WrittenShards" >> beam.Flatten()
         every = [(split, i) for split in SPLITS for i in range(self.counts[split])]
         empty = (
             keyed.pipeline

@@ -372,14 +372,16 @@ def test_tokenize_and_write_shards(tmp_path, make_text, beam_pipeline, batch_byt
     plan = {"parts": {"train": parts, "val": 2}}
     with beam_pipeline() as p:
         tokenizer = p | "Tok" >> beam.Create([info])
-        keyed = (p | beam.Create(docs)
-                 | TokenizeAndAssign(tokenizer, p | "Plan" >> beam.Create([plan]), 0.2, 3, 2, batch_bytes))
-        stats = keyed | WriteShards(tokenizer, out, 3, 2)
+        plan_pc = p | "Plan" >> beam.Create([plan])
+        keyed = p | beam.Create(docs) | TokenizeAndAssign(tokenizer, plan_pc, 0.2, 3, 2, batch_bytes)
+        stats = keyed | WriteShards(tokenizer, plan_pc, out, 3, 2)
         assert_that(stats | beam.Map(lambda s: s["path"]), equal_to(
             [shard_path("train", i, 3) for i in range(3)] + [shard_path("val", i, 2) for i in range(2)]))
+    # A run file per non-empty group of a split with several parts per shard; one part: the shard directly.
+    groups = {(assign_shard(k, 0.2, 3, 2), assign_part(k, plan["parts"][assign_shard(k, 0.2, 3, 2)[0]]))
+              for k in (document_key(d) for _, d in docs)}
     runs = sorted(os.listdir(tmp_path / RUNS_DIR))
-    assert len(runs) == len({(assign_shard(document_key(d), 0.2, 3, 2), assign_part(
-        document_key(d), plan["parts"][assign_shard(document_key(d), 0.2, 3, 2)[0]])) for _, d in docs})
+    assert len(runs) == len([g for g in groups if plan["parts"][g[0][0]] > 1]) > 0
     assert remove_runs(out) == len(runs) and not (tmp_path / RUNS_DIR).exists()
 
     seen = {}
@@ -421,7 +423,8 @@ def test_write_shards_writes_empty_shards_too(tmp_path, make_text, beam_pipeline
     one = (("train", 2, 0), pack_token_batch([(("id:a", "k"), np.array([5, 6, 2], np.uint16).tobytes())]))
     with beam_pipeline() as p:
         tokenizer = p | "Tok" >> beam.Create([info])
-        stats = p | beam.Create([one]) | WriteShards(tokenizer, str(tmp_path), 4, 1)
+        plan = p | "Plan" >> beam.Create([{"parts": {"train": 1, "val": 1}}])
+        stats = p | beam.Create([one]) | WriteShards(tokenizer, plan, str(tmp_path), 4, 1)
         assert_that(stats | beam.Map(lambda s: (s["path"], s["documents"], s["tokens"])), equal_to(
             [(shard_path("train", i, 4), int(i == 2), 3 * (i == 2)) for i in range(4)]
             + [(shard_path("val", 0, 1), 0, 0)]))

@@ -305,6 +305,13 @@ def main(argv=None) -> None:
             f.write("\n".join(lines) + "\n")
 
 
+def hot_document(path: str) -> str:
+    """The first short document of ``path`` that the Gopher rules keep: the text the hot-key corpus repeats."""
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return next(t for t in (json.loads(line)["text"] for line in f)
+                    if 400 < len(t) < 1500 and reject_reason(t, FilterConfig()) is None)
+
+
 def hot_key_run(args, model_path: str) -> str:
     """The smallest corpus plus one document repeated ``args.hot_copies`` times (ids hot-000000...), 2 workers."""
     size = min(args.sizes_mb)
@@ -315,9 +322,7 @@ def hot_key_run(args, model_path: str) -> str:
         os.makedirs(out_dir)
         for path in src:
             shutil.copy(path, out_dir)
-        with gzip.open(src[0], "rt", encoding="utf-8") as f:  # a short document the Gopher rules keep
-            hot = next(t for t in (json.loads(line)["text"] for line in f)
-                       if 400 < len(t) < 1500 and reject_reason(t, FilterConfig()) is None)
+        hot = hot_document(src[0])
         per_file = 10_000
         for start in range(0, args.hot_copies, per_file):
             with gzip.open(os.path.join(out_dir, f"hot-{start // per_file:05d}.jsonl.gz"), "wt", encoding="utf-8",
@@ -325,6 +330,7 @@ def hot_key_run(args, model_path: str) -> str:
                 for i in range(start, min(start + per_file, args.hot_copies)):
                     f.write(json.dumps({"id": f"hot-{i:06d}", "text": hot}) + "\n")
         open(os.path.join(out_dir, "DONE"), "w").close()
+    hot = hot_document(src[0])
     res = run_prepare(os.path.join(out_dir, "*.jsonl.gz"), os.path.join(args.work, "out-hot"), model_path, 2,
                       group_mb=args.group_mb)
     counts = res["manifest"]["documents"]

@@ -12,7 +12,7 @@ One Apache Beam pipeline; build_pipeline wires these stages, in this order, each
     pipeline.tokenizer_stage  TokenizeAndAssign             Document -> token bytes, batched per (split, shard, part)
                                                             (pipeline.split: hashes of the document_key)
     pipeline.write            WriteShards                   per part: a key-sorted run file; per shard: k-way merge
-                                                            of its runs -> .bin, then .idx
+                                                            of its runs -> .bin, then .idx (one part: written directly)
     pipeline.rejected         WriteRejected, CountRejected  each dropping stage's Rejections -> DIR/rejected/
     pipeline.manifest_stage   WriteManifest                 totals -> DIR/manifest.json (written last)
 

@@ -5,7 +5,8 @@ number of workers. No step holds a whole shard:
 
     GroupByPart       (split, shard, part) -> batches; the part is a hash of the document key, and PlanWrite
                       picks enough parts per shard that a group stays under --max-group-mb
-    WriteRun          each group's documents in key order (in_key_order) -> DIR/_runs/ one run file (pipeline.runs)
+    WriteRun          each group's documents in key order (in_key_order) -> DIR/_runs/ one run file (pipeline.runs);
+                      with one part per shard, the group is the shard, written in place (no run, no merge)
     GroupRunsByShard  (split, shard) -> the names of its run files (a few bytes each)
     MergeRuns         a streaming k-way merge of the runs by key -> pipeline.shards.ShardWriter under temporary
                       names, then the .bin and then the .idx renamed into place (a present .idx marks a

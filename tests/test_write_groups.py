@@ -121,3 +121,28 @@ def test_dedup_keeps_the_smallest_key_whatever_the_input_order_and_buckets(beam_
                         equal_to([(dedup_key(text), "b"), (dedup_key(make_text(4)), "solo")]), label="kept")
             assert_that((early, late) | beam.Flatten() | beam.Map(lambda r: r.id), equal_to(["b", "c", "m", "z"]),
                         label="dups")
+
+
+def test_a_shard_merged_from_parts_is_byte_identical_to_the_shard_written_whole(beam_pipeline, make_text, tmp_path):
+    """The earlier writer gave each shard one group and sorted it whole; a plan of one part per shard still does
+    exactly that. The same documents in 1 and in 5 parts per shard (run files, then the merge) give the same
+    .bin and .idx bytes."""
+    from pipeline.tokenizer import train_tokenizer_bytes
+    from pipeline.tokenizer_stage import TokenizeAndAssign, tokenizer_info
+    from pipeline.write import WriteShards, remove_runs
+
+    texts = {f"doc-{i:03d}": make_text(500 + i) for i in range(80)}
+    info = tokenizer_info(train_tokenizer_bytes(list(texts.values()), 400), trained=False)
+    docs = [(dedup_key(t), Document(id=i, text=t, source=f"s:{i}")) for i, t in texts.items()]
+    written = {}
+    for parts in (1, 5):
+        out = tmp_path / f"parts-{parts}"
+        with beam_pipeline() as p:
+            tokenizer = p | "Tok" >> beam.Create([info])
+            plan = p | "Plan" >> beam.Create([{"parts": {"train": parts, "val": parts}}])
+            keyed = p | beam.Create(docs) | TokenizeAndAssign(tokenizer, plan, 0.1, 2, 1, 256)
+            _ = keyed | WriteShards(tokenizer, plan, str(out), 2, 1)
+        assert (out / "_runs").is_dir() == (parts > 1)
+        remove_runs(str(out))
+        written[parts] = {str(f.relative_to(out)): f.read_bytes() for f in sorted(out.rglob("shard-*"))}
+    assert len(written[1]) == 6 and written[1] == written[5]

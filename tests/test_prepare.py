@@ -162,7 +162,7 @@ def test_rules_none_keeps_what_gopher_rejects(prepared, tmp_path):
 def test_dataflow_job_is_built_with_every_stage_and_not_submitted(prepared, tmp_path, capsys):
     """--runner DataflowRunner --dry_run True: Beam translates the whole job and pickles every DoFn without
     submitting it; the output checks that need Cloud Storage credentials are skipped, and the command says so."""
-    require("apache_beam.runners.dataflow")
+    require("google.cloud.storage")  # apache-beam[gcp]: the Dataflow runner and gs:// paths
     argv = ["--input", prepared["inputs"], "--output", "gs://example-bucket/prepared", *PREPARE_OPTIONS,
             "--runner", "DataflowRunner", "--dry_run", "True", "--project", "example-project",
             "--region", "us-central1", "--temp_location", "gs://example-bucket/tmp"]

@@ -28,7 +28,8 @@ from pipeline import documents
 from pipeline.bundles import in_global_window
 from pipeline.counters import COUNTER_NAMESPACE, EXACT_DUPLICATE, GROUP_METRICS
 from pipeline.packing import document_size, pack_document, unpack_document
-from pipeline.progress import DEDUP, Reporter
+from pipeline.progress import DEDUP
+from pipeline.progress_dofn import ReportingDoFn
 
 WINDOW_BYTES = 16 << 20  # packed documents a DropCopies instance holds before it sends them on
 HOT_KEYS = 1 << 16  # texts seen twice that a DropCopies instance remembers within a bundle (then it forgets all)
@@ -44,18 +45,14 @@ def bucket_of(dkey: str, buckets: int) -> int:
     return (int(dkey[:12], 16) * buckets) >> 48
 
 
-class _DropCopiesFn(beam.DoFn):
+class _DropCopiesFn(ReportingDoFn):
     """Document -> (bucket, [(dedup_key, rank, packed document), ...]) batches; copies that lose within the
     window (or to a remembered hot text) -> exact_duplicate Rejections, tagged "rejected"."""
 
     def __init__(self, buckets: int, window_bytes: int = WINDOW_BYTES, hot_keys: int = HOT_KEYS,
                  progress_dir: str | None = None):
+        super().__init__(progress_dir)
         self.buckets, self.window_bytes, self.hot_keys = buckets, window_bytes, hot_keys
-        self.progress_dir = progress_dir
-        self._progress = Reporter(None)
-
-    def setup(self):
-        self._progress = Reporter(self.progress_dir)
 
     def start_bundle(self):
         self._window: dict[str, tuple[tuple[str, str], tuple]] = {}  # text -> (rank, packed document)
@@ -86,10 +83,7 @@ class _DropCopiesFn(beam.DoFn):
     def finish_bundle(self):
         for out in self._flush():
             yield in_global_window(out)
-        self._progress.flush()
-
-    def teardown(self):
-        self._progress.flush()
+        super().finish_bundle()
 
     def _reject(self, doc: documents.Document):
         self._progress.add(DEDUP, rejected=1)
@@ -108,24 +102,14 @@ class _DropCopiesFn(beam.DoFn):
             yield bucket, batches[bucket]
 
 
-class _DecideFn(beam.DoFn):
+class _DecideFn(ReportingDoFn):
     """(bucket, batches) -> (dedup_key, Document) for the smallest rank of each text; every other document of the
     group -> an exact_duplicate Rejection (tagged "rejected"). Two passes over the group, which is never listed:
     a runner that pages a large group's values (Dataflow) is never asked to hold it."""
 
     def __init__(self, progress_dir: str | None = None):
-        self.progress_dir = progress_dir
+        super().__init__(progress_dir)
         self.group_bytes = Metrics.distribution(COUNTER_NAMESPACE, GROUP_METRICS["dedup"])
-        self._progress = Reporter(None)
-
-    def setup(self):
-        self._progress = Reporter(self.progress_dir)
-
-    def finish_bundle(self):
-        self._progress.flush()
-
-    def teardown(self):
-        self._progress.flush()
 
     def process(self, element):
         _, batches = element

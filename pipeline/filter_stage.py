@@ -18,24 +18,16 @@ from pipeline.bundles import in_global_window
 from pipeline.counters import COUNTER_NAMESPACE, UNREADABLE_FILE
 from pipeline.documents import Document, Rejection
 from pipeline.filters import FilterConfig
-from pipeline.progress import FILTER, PARSE, Reporter
+from pipeline.progress import FILTER, PARSE
+from pipeline.progress_dofn import ReportingDoFn
 from pipeline.read import JSON_LINE, RAW_KINDS, READ_ERROR, TEXT_FILE, VALUE
 
 
-class _ParseFn(beam.DoFn):
+class _ParseFn(ReportingDoFn):
     def __init__(self, text_field: str, id_field: str, progress_dir: str | None = None):
-        self.text_field, self.id_field, self.progress_dir = text_field, id_field, progress_dir
+        super().__init__(progress_dir)
+        self.text_field, self.id_field = text_field, id_field
         self.read = Metrics.counter(COUNTER_NAMESPACE, "read")
-        self._progress = Reporter(None)
-
-    def setup(self):
-        self._progress = Reporter(self.progress_dir)
-
-    def finish_bundle(self):
-        self._progress.flush()
-
-    def teardown(self):
-        self._progress.flush()
 
     def process(self, record):
         kind, source, payload, doc_id = record
@@ -69,7 +61,7 @@ class ParseRecords(beam.PTransform):
         return out.documents, out.rejected
 
 
-class _FilterFn(beam.DoFn):
+class _FilterFn(ReportingDoFn):
     """Documents -> kept Documents | tagged Rejections, judged in batches of about ``batch_chars`` characters.
 
     filters.reject_reasons runs the rules over a whole batch with numpy, which spreads numpy's per-call cost
@@ -77,14 +69,8 @@ class _FilterFn(beam.DoFn):
     """
 
     def __init__(self, cfg: FilterConfig, batch_chars: int = filters.BATCH_CHARS, progress_dir: str | None = None):
-        self.cfg, self.batch_chars, self.progress_dir = cfg, batch_chars, progress_dir
-        self._progress = Reporter(None)
-
-    def setup(self):
-        self._progress = Reporter(self.progress_dir)
-
-    def teardown(self):
-        self._progress.flush()
+        super().__init__(progress_dir)
+        self.cfg, self.batch_chars = cfg, batch_chars
 
     def start_bundle(self):
         self._docs, self._chars = [], 0
@@ -97,7 +83,7 @@ class _FilterFn(beam.DoFn):
 
     def finish_bundle(self):
         yield from map(in_global_window, self._judge())
-        self._progress.flush()
+        super().finish_bundle()
 
     def _judge(self):
         docs, self._docs, self._chars = self._docs, [], 0

@@ -65,11 +65,12 @@ Counts = dict[str, dict[str, int]]  # stage -> count name -> count
 class Reporter:
     """Cumulative counts of one DoFn instance, written to its own file in ``progress_dir``.
 
-    ``Reporter(None)`` does nothing, so a DoFn calls it without checking whether progress is on. Create it in
-    the DoFn's ``setup()`` (a DoFn is pickled: keep only the directory, a string, in its constructor) and call
-    ``flush()`` from ``finish_bundle()``. A reporter belongs to one DoFn instance, which Beam runs in one thread
-    at a time: it takes no lock. Reporting never fails the run: if the directory cannot be written (it was
-    removed, the disk is full) the reporter logs a warning once and goes quiet.
+    ``Reporter(None)`` does nothing, so a DoFn calls it without checking whether progress is on. A Beam step
+    gets one from pipeline.progress_dofn.ReportingDoFn, which makes it in ``setup()`` (a DoFn is pickled: it
+    keeps only the directory) and flushes it at the end of every bundle. A reporter belongs to one DoFn
+    instance, which Beam runs in one thread at a time: it takes no lock. Reporting never fails the run: if the
+    directory cannot be written (it was removed, the disk is full) the reporter logs a warning once and goes
+    quiet.
     """
 
     def __init__(self, progress_dir: str | None, clock: Callable[[], float] = time.monotonic,

@@ -25,7 +25,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from pipeline.counters import COUNTER_NAMESPACE
-from pipeline.progress import READ, Reporter
+from pipeline.progress import READ
+from pipeline.progress_dofn import ReportingDoFn
 
 JSON_LINE, TEXT_FILE, VALUE, READ_ERROR = "json", "text", "value", "error"
 RAW_KINDS = (JSON_LINE, TEXT_FILE, VALUE, READ_ERROR)
@@ -86,7 +87,7 @@ def iter_lines(f: BinaryIO, chunk_bytes: int = _READ_CHUNK) -> Iterator[bytes]:
         yield b"".join(pending)
 
 
-class _ReadFileFn(beam.DoFn):
+class _ReadFileFn(ReportingDoFn):
     """One input file -> raw records. A file that cannot be read yields one READ_ERROR record, never raises.
 
     ``sizes`` (path -> bytes on disk) is what a file adds to the progress "bytes" once it has been read to the
@@ -95,25 +96,16 @@ class _ReadFileFn(beam.DoFn):
 
     def __init__(self, fmt: str, text_field: str, id_field: str, sizes: dict[str, int] | None = None,
                  progress_dir: str | None = None):
+        super().__init__(progress_dir)
         self.fmt, self.text_field, self.id_field = fmt, text_field, id_field
-        self.sizes, self.progress_dir = sizes or {}, progress_dir
+        self.sizes = sizes or {}
         self.files = Metrics.counter(COUNTER_NAMESPACE, "files")
-        self._progress = Reporter(None)
-
-    def setup(self):
-        self._progress = Reporter(self.progress_dir)
 
     def process(self, path: str):
         self.files.inc()
         self._progress.add(READ)
         yield from self._records(path)
         self._progress.add(READ, files=1, bytes=self.sizes.get(path, 0))
-
-    def finish_bundle(self):
-        self._progress.flush()
-
-    def teardown(self):
-        self._progress.flush()
 
     def _records(self, path: str):
         kind = input_format(path, self.fmt)
@@ -200,17 +192,16 @@ def load_hf_dataset(name_or_path: str, split: str):
     return datasets.load_dataset(name_or_path, split=split)
 
 
-class _ReadHFRowsFn(beam.DoFn):
+class _ReadHFRowsFn(ReportingDoFn):
     """A row range [start, end) of a dataset -> VALUE records. The dataset is opened (memory-mapped) once per worker."""
 
     def __init__(self, name: str, split: str, text_field: str, id_field: str, progress_dir: str | None = None):
+        super().__init__(progress_dir)
         self.name, self.split, self.text_field, self.id_field = name, split, text_field, id_field
-        self.progress_dir = progress_dir
         self._ds = None
-        self._progress = Reporter(None)
 
     def setup(self):
-        self._progress = Reporter(self.progress_dir)
+        super().setup()
         ds = load_hf_dataset(self.name, self.split)
         self._has_id = self.id_field in ds.column_names
         self._ds = ds.select_columns([self.text_field] + ([self.id_field] if self._has_id else []))
@@ -224,12 +215,6 @@ class _ReadHFRowsFn(beam.DoFn):
         for i, (text, doc_id) in enumerate(zip(texts, ids)):
             yield VALUE, f"hf:{self.name}:{self.split}:{start + i}", text, doc_id
         self._progress.add(READ, rows=len(texts))
-
-    def finish_bundle(self):
-        self._progress.flush()
-
-    def teardown(self):
-        self._progress.flush()
 
 
 class ReadHuggingFace(beam.PTransform):

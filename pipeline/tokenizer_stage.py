@@ -25,7 +25,8 @@ from pipeline.bundles import in_global_window
 from pipeline.counters import COUNTER_NAMESPACE
 from pipeline.layout import REJECTED_DIR, TOKENIZER_NAME
 from pipeline.packing import pack_token_batch
-from pipeline.progress import TOKENIZE, Reporter
+from pipeline.progress import TOKENIZE
+from pipeline.progress_dofn import ReportingDoFn
 from pipeline.shards import dtype_for_vocab
 from pipeline.split import assign_part, assign_shard, hash_unit
 from pipeline.write import write_bytes
@@ -166,7 +167,7 @@ def token_batch_bytes(groups: int) -> int:
     return max(MIN_TOKEN_BATCH_BYTES, min(MAX_TOKEN_BATCH_BYTES, OPEN_BATCHES_BYTES // max(groups, 1)))
 
 
-class _TokenizeFn(beam.DoFn):
+class _TokenizeFn(ReportingDoFn):
     """(dedup_key, Document) -> ((split, shard, part), packed batch of ((document_key, dedup_key), token bytes)).
 
     Tokens travel as raw bytes in the shard dtype (uint16 for vocabularies < 65500): half the size of the
@@ -179,18 +180,12 @@ class _TokenizeFn(beam.DoFn):
 
     def __init__(self, val_fraction: float, train_shards: int, val_shards: int, batch_bytes: int | None,
                  progress_dir: str | None = None):
+        super().__init__(progress_dir)
         self.val_fraction, self.train_shards, self.val_shards = val_fraction, train_shards, val_shards
-        self.batch_bytes, self.progress_dir = batch_bytes, progress_dir
+        self.batch_bytes = batch_bytes
         self.kept = Metrics.counter(COUNTER_NAMESPACE, "kept")
         self.tokens = Metrics.counter(COUNTER_NAMESPACE, "tokens")
         self._tok, self._sha, self._dtype = None, None, None
-        self._progress = Reporter(None)
-
-    def setup(self):
-        self._progress = Reporter(self.progress_dir)
-
-    def teardown(self):
-        self._progress.flush()
 
     def _tokenizer(self, info: dict):
         # The model arrives as a side input (it may have been trained in this very run); build it once
@@ -232,7 +227,7 @@ class _TokenizeFn(beam.DoFn):
         for group, (items, _) in sorted(self._batches.items()):
             yield in_global_window((group, pack_token_batch(items)))
         self._batches = {}
-        self._progress.flush()
+        super().finish_bundle()
 
 
 class TokenizeAndAssign(beam.PTransform):

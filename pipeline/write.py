@@ -41,7 +41,8 @@ from pipeline.files import is_remote
 from pipeline.counters import COUNTER_NAMESPACE, GROUP_METRICS
 from pipeline.layout import RUNS_DIR, SPLITS, is_run_file, run_path, shard_path
 from pipeline.packing import token_batch_size, unpack_token_batch
-from pipeline.progress import WRITE, Reporter
+from pipeline.progress import WRITE
+from pipeline.progress_dofn import ReportingDoFn
 from pipeline.runs import merge_runs, read_run, write_run
 from pipeline.shards import ShardWriter, dtype_for_vocab
 
@@ -212,7 +213,7 @@ class PlanWrite(beam.PTransform):
         )
 
 
-class _WriteRunFn(beam.DoFn):
+class _WriteRunFn(ReportingDoFn):
     """((split, shard, part), packed batches) -> ((split, shard), run descriptor): the group's documents in key
     order (in_key_order) into DIR/_runs/SPLIT-SSSSS-part-PPPPP.run under a temporary name, then renamed.
     When the plan gives the split one part per shard, the group is the whole shard (under the bound, by the
@@ -222,18 +223,9 @@ class _WriteRunFn(beam.DoFn):
     same name; the descriptor that reaches the merge is that of the attempt the runner committed."""
 
     def __init__(self, output_dir: str, counts: dict[str, int], progress_dir: str | None = None):
-        self.output_dir, self.counts, self.progress_dir = output_dir, counts, progress_dir
+        super().__init__(progress_dir)
+        self.output_dir, self.counts = output_dir, counts
         self.group_bytes = Metrics.distribution(COUNTER_NAMESPACE, GROUP_METRICS["write"])
-        self._progress = Reporter(None)
-
-    def setup(self):
-        self._progress = Reporter(self.progress_dir)
-
-    def finish_bundle(self):
-        self._progress.flush()
-
-    def teardown(self):
-        self._progress.flush()
 
     def process(self, element, info, plan):
         (split, shard, part), batches = element
@@ -258,24 +250,15 @@ class _WriteRunFn(beam.DoFn):
         yield (split, shard), {"path": rel, "documents": documents}
 
 
-class _MergeRunsFn(beam.DoFn):
+class _MergeRunsFn(ReportingDoFn):
     """((split, shard), run descriptors) -> shard stats: a streaming k-way merge of the shard's runs by key
     (pipeline.runs.merge_runs) through ShardWriter, .bin then .idx renamed into place. Holds one document per
     run; the group is the runs' names."""
 
     def __init__(self, output_dir: str, counts: dict[str, int], progress_dir: str | None = None):
-        self.output_dir, self.counts, self.progress_dir = output_dir, counts, progress_dir
+        super().__init__(progress_dir)
+        self.output_dir, self.counts = output_dir, counts
         self.group_bytes = Metrics.distribution(COUNTER_NAMESPACE, GROUP_METRICS["merge"])
-        self._progress = Reporter(None)
-
-    def setup(self):
-        self._progress = Reporter(self.progress_dir)
-
-    def finish_bundle(self):
-        self._progress.flush()
-
-    def teardown(self):
-        self._progress.flush()
 
     def process(self, element, info):
         (split, index), runs = element

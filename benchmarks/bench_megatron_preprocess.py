@@ -82,16 +82,14 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 import warnings
 
 import numpy as np
-import psutil
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from benchmarks.bench_prepare import TOKENIZER_SAMPLE_CHARS, VOCAB_SIZE, builtin_files  # noqa: E402
+from benchmarks.bench_prepare import TOKENIZER_SAMPLE_CHARS, VOCAB_SIZE, builtin_files, run_measured  # noqa: E402
 from pipeline import documents  # noqa: E402
 from pipeline.filters import BATCH_CHARS, FilterConfig, iter_reject_reasons  # noqa: E402
 from pipeline.tokenizer import ENCODE_CHUNK_CHARS, Tokenizer, train_tokenizer  # noqa: E402
@@ -329,36 +327,6 @@ def megatron_version(megatron_lm: str) -> str:
 
 
 # ---- running and measuring --------------------------------------------------------------------------------
-
-def run_measured(cmd: list[str], cwd: str, env: dict) -> dict:
-    """Run ``cmd``; wall seconds from launch to exit, and peak RSS (MB) of the launched process, of its largest
-    descendant, and of the whole tree at one poll (the sum counts pages shared after fork once per process)."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    root = psutil.Process(proc.pid)
-    peak_main = peak_child = peak_tree = 0
-    while proc.poll() is None:
-        try:
-            rss_main = root.memory_info().rss
-            tree = rss_main
-            for child in root.children(recursive=True):
-                try:
-                    rss = child.memory_info().rss
-                except psutil.NoSuchProcess:
-                    continue
-                peak_child = max(peak_child, rss)
-                tree += rss
-            peak_main, peak_tree = max(peak_main, rss_main), max(peak_tree, tree)
-        except psutil.NoSuchProcess:
-            pass
-        time.sleep(0.1)
-    seconds = time.perf_counter() - start
-    output = proc.stdout.read().decode("utf-8", "replace")
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{output[-3000:]}")
-    return {"seconds": seconds, "rss_main_mb": peak_main / 1e6, "rss_child_mb": peak_child / 1e6,
-            "rss_tree_mb": peak_tree / 1e6, "output": output}
-
 
 def run_ours(files: list[str], out: str, model: str, rule_flags: list[str], shards: int) -> dict:
     shutil.rmtree(out, ignore_errors=True)

@@ -167,23 +167,43 @@ def run_prepare(files_glob: str, out: str, model_path: str, workers: int, extra:
     if workers > 1:
         cmd += ["--direct_num_workers", str(workers), "--direct_running_mode", "multi_processing"]
     repo = tree or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    res = run_measured(cmd, repo, dict(os.environ, PYTHONPATH=repo))
+    with open(os.path.join(out, "manifest.json")) as f:
+        manifest = json.load(f)
+    output = res["output"]
+    return {"seconds": res["seconds"], "rss_main_mb": res["rss_main_mb"], "rss_worker_mb": res["rss_child_mb"],
+            "manifest": manifest, "launcher_cpu_s": res["launcher_cpu_s"], "worker_cpu_s": res["worker_cpu_s"],
+            "summary": output.strip().splitlines()[-1],
+            "groups": next((line for line in output.splitlines() if line.startswith("largest group:")), "")}
+
+
+def run_measured(cmd: list[str], cwd: str, env: dict) -> dict:
+    """Run ``cmd`` (polled with psutil every 0.1 s); raise with its output's tail if it fails. Returns wall seconds
+    from launch to exit, peak RSS (MB) of the launched process, of its largest descendant and of the whole tree
+    at one poll (the sum counts pages shared after fork once per process), CPU seconds of the launched process
+    and of each descendant that used at least one (last poll: shows whether the work was split between them
+    even when a loaded machine hides the wall-clock gain), and the output (stdout and stderr)."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=repo, env=dict(os.environ, PYTHONPATH=repo), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     root = psutil.Process(proc.pid)
-    peak_main, peak_worker, cpu_worker, cpu_main = 0, {}, {}, 0.0
+    peak_main = peak_child = peak_tree = 0
+    cpu_main, cpu_child = 0.0, {}
     while proc.poll() is None:
         try:
-            peak_main = max(peak_main, root.memory_info().rss)
+            rss_main = root.memory_info().rss
             times = root.cpu_times()
             cpu_main = times.user + times.system
+            tree = rss_main
             for child in root.children(recursive=True):
                 try:
-                    peak_worker[child.pid] = max(peak_worker.get(child.pid, 0), child.memory_info().rss)
+                    rss = child.memory_info().rss
                     times = child.cpu_times()
-                    cpu_worker[child.pid] = times.user + times.system
                 except psutil.NoSuchProcess:
-                    pass
+                    continue
+                cpu_child[child.pid] = times.user + times.system
+                peak_child = max(peak_child, rss)
+                tree += rss
+            peak_main, peak_tree = max(peak_main, rss_main), max(peak_tree, tree)
         except psutil.NoSuchProcess:
             pass
         time.sleep(0.1)
@@ -191,16 +211,10 @@ def run_prepare(files_glob: str, out: str, model_path: str, workers: int, extra:
     output = proc.stdout.read().decode("utf-8", "replace")
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{output[-3000:]}")
-    with open(os.path.join(out, "manifest.json")) as f:
-        manifest = json.load(f)
-    return {"seconds": seconds, "rss_main_mb": peak_main / 1e6,
-            "rss_worker_mb": max(peak_worker.values(), default=0) / 1e6, "manifest": manifest,
-            # CPU seconds of each worker process (last poll): shows whether the work was split between them
-            # even when a loaded machine hides the wall-clock gain.
-            "launcher_cpu_s": round(cpu_main, 1),
-            "worker_cpu_s": sorted((round(v, 1) for v in cpu_worker.values() if v >= 1.0), reverse=True),
-            "summary": output.strip().splitlines()[-1],
-            "groups": next((line for line in output.splitlines() if line.startswith("largest group:")), "")}
+    return {"seconds": seconds, "rss_main_mb": peak_main / 1e6, "rss_child_mb": peak_child / 1e6,
+            "rss_tree_mb": peak_tree / 1e6, "launcher_cpu_s": round(cpu_main, 1),
+            "worker_cpu_s": sorted((round(v, 1) for v in cpu_child.values() if v >= 1.0), reverse=True),
+            "output": output}
 
 
 def main(argv=None) -> None:

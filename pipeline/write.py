@@ -297,11 +297,10 @@ class WriteShards(beam.PTransform):
 
     Two groupings, neither of which holds more than the bound: by (split, shard, part), each group writing one
     key-sorted run file (or, with one part per shard, the shard itself); then by (split, shard), whose values are
-    only the run files' names, merged into the shard. Empty
-    shards are written by a separate small step after the others (a side input of their stats), not by
-    flattening placeholders into the token stream: a Flatten of differently-typed collections makes the local
-    runner copy every token through an extra serial stage. The run files are removed by remove_runs, once every
-    shard is in place (the manifest stage calls it).
+    only the run files' names, merged into the shard. Empty shards are written by a separate small step after
+    the others (a side input of their stats), not by flattening placeholders into the token stream: a Flatten of
+    differently-typed collections makes the local runner copy every token through an extra serial stage. The run
+    files are removed by remove_runs, once every shard is in place (the manifest stage calls it).
     """
 
     def __init__(self, tokenizer, plan, output_dir: str, train_shards: int, val_shards: int,

@@ -13,6 +13,7 @@ from setuptools import find_packages, setup
 CORE = [
     "numpy>=1.24.4",
     "sentencepiece>=0.2.0",
+    "tokenizers>=0.23.3",  # Hugging Face tokenizer.json as the data's tokenizer (pipeline/hf_tokenizer.py)
     "pyarrow>=14.0.0",
     "zstandard>=0.22.0",
 ]

@@ -46,6 +46,7 @@ from launch.processes import EXIT_PREEMPTED, EXIT_USAGE, distributed_env
 from model.decoder import Decoder, DecoderConfig, count_params, flops_per_token
 from pipeline.files import atomic_open, write_atomic
 from pipeline.manifest import data_identity, load_manifest
+from pipeline.tokenizer_file import SENTENCEPIECE, file_names
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -199,12 +200,14 @@ def prepare_run_dir(run_dir: str, data_dir: str, manifest: dict, cfg: TrainConfi
     resolved["model"] = dict(resolved["model"], vocab_size=model_cfg.vocab_size)
     _write_json(os.path.join(run_dir, "config.json"), resolved)
     _write_json(os.path.join(run_dir, "ds_config.json"), ds)
-    src = os.path.join(data_dir, manifest["tokenizer"]["path"])
-    if os.path.isfile(src):
-        with open(src, "rb") as f_in, atomic_open(os.path.join(run_dir, "tokenizer.model")) as f_out:
-            shutil.copyfileobj(f_in, f_out)
-    else:
-        print(f"warning: {src} not found; export and generation will need --tokenizer", flush=True)
+    kind = manifest["tokenizer"].get("kind", SENTENCEPIECE)
+    for name in file_names(kind):  # tokenizer.model, or tokenizer.json + tokenizer_config.json
+        src = os.path.join(data_dir, name)
+        if os.path.isfile(src):
+            with open(src, "rb") as f_in, atomic_open(os.path.join(run_dir, name)) as f_out:
+                shutil.copyfileobj(f_in, f_out)
+        else:
+            print(f"warning: {src} not found; export and generation will need --tokenizer", flush=True)
 
 
 # ----------------------------------------------------------------------------------------------- the loop

@@ -104,9 +104,14 @@ def check_state_dict(cfg: DecoderConfig, state: dict, source: str) -> None:
 
 
 def load_checkpoint(path: str, tag: str | None = None) -> tuple[DecoderConfig, dict, str | None]:
-    """(config, fp32 state dict of Decoder, tokenizer.model path or None) from a run dir, tag dir or .pt file."""
+    """(config, fp32 state dict of Decoder, tokenizer path or None) from a run dir, tag dir or .pt file.
+
+    The tokenizer is the run directory's (or the .pt file's folder's) tokenizer.model or tokenizer.json
+    (pipeline.tokenizer_file.find_tokenizer)."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    from pipeline.tokenizer_file import find_tokenizer  # the data's tokenizer files (standard library only)
+
     if os.path.isfile(path):
         try:
             # mmap: tensors stay backed by the file's page cache instead of a second, anonymous copy in memory.
@@ -120,7 +125,7 @@ def load_checkpoint(path: str, tag: str | None = None) -> tuple[DecoderConfig, d
                              f"(state_dict); got {sorted(blob) if isinstance(blob, dict) else type(blob).__name__}")
         cfg = DecoderConfig.from_dict(blob["config"])
         state = {k: v.float() for k, v in blob["model"].items()}
-        tokenizer = os.path.join(os.path.dirname(os.path.abspath(path)), "tokenizer.model")
+        tokenizer = find_tokenizer(os.path.dirname(os.path.abspath(path)))
         source = path
     else:
         ckpt_dir, tag, run_dir = _resolve_run_checkpoint(path, tag)
@@ -137,10 +142,10 @@ def load_checkpoint(path: str, tag: str | None = None) -> tuple[DecoderConfig, d
         with open(config_path) as f:
             cfg = DecoderConfig.from_dict(json.load(f))
         state = _consolidate(ckpt_dir, tag)
-        tokenizer = os.path.join(run_dir, "tokenizer.model")
+        tokenizer = find_tokenizer(run_dir)
         source = tag_dir
     check_state_dict(cfg, state, source)
-    return cfg, state, tokenizer if os.path.isfile(tokenizer) else None
+    return cfg, state, tokenizer
 
 
 def build_model(cfg: DecoderConfig, state: dict) -> Decoder:
@@ -268,6 +273,36 @@ def save_tokenizer(tokenizer_path: str, out: str, max_len: int) -> list[str]:
     return mismatches
 
 
+def save_hf_tokenizer(tokenizer_path: str, out: str, max_len: int) -> list[str]:
+    """Write a Hugging Face tokenizer.json as it was given (with its data directory's tokenizer_config.json and
+    the model's context length); return probe mismatches against our ids (empty = ok).
+
+    tokenizer.json stays byte for byte the user's, post-processor included: ``tokenizer(text)`` adds what it
+    always added (e.g. Llama 3's BOS), and ``tokenizer(text, add_special_tokens=False)`` gives the ids we trained
+    on (a document's text, then EOS).
+    """
+    from transformers import AutoTokenizer
+
+    from pipeline.layout import HF_CONFIG_NAME, HF_TOKENIZER_NAME
+    from pipeline.tokenizer_file import open_tokenizer_path
+
+    ours = open_tokenizer_path(tokenizer_path)
+    with open(os.path.join(out, HF_TOKENIZER_NAME), "wb") as f:
+        f.write(ours.model_proto)
+    config = json.loads(ours.config_json)
+    config["model_max_length"] = max_len
+    with open(os.path.join(out, HF_CONFIG_NAME), "w") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+        f.write("\n")
+    reloaded = AutoTokenizer.from_pretrained(out)
+    mismatches = []
+    for text in TOKENIZER_PROBES:
+        mine, theirs = ours.encode(text), reloaded(text, add_special_tokens=False)["input_ids"]
+        if mine != theirs:
+            mismatches.append(f"{text!r}: ours {mine} vs transformers {theirs}")
+    return mismatches
+
+
 def export(path: str, out: str, tag: str | None = None, tokenizer: str | None = None,
            dtype: torch.dtype = torch.float32) -> dict:
     """Convert, write OUT.partial, verify, then rename to OUT. Returns {"max_abs_diff", "out", ...}."""
@@ -282,13 +317,14 @@ def export(path: str, out: str, tag: str | None = None, tokenizer: str | None = 
     tokenizer = tokenizer or found_tokenizer
     if tokenizer is not None and not os.path.isfile(tokenizer):
         raise FileNotFoundError(f"--tokenizer {tokenizer} does not exist")
-    eos_id, bos_id = 2, 1
+    from pipeline.tokenizer_file import HUGGINGFACE, kind_of, open_tokenizer_path
+
+    eos_id, bos_id, tok = 2, 1, None
     if tokenizer is not None:
-        import sentencepiece as spm
-        sp = spm.SentencePieceProcessor(model_file=tokenizer)
-        eos_id, bos_id = sp.eos_id(), (sp.bos_id() if sp.bos_id() >= 0 else None)
-        if sp.get_piece_size() > cfg.vocab_size:
-            raise ValueError(f"{tokenizer} has {sp.get_piece_size()} pieces but the model's vocab_size is "
+        tok = open_tokenizer_path(tokenizer)
+        eos_id, bos_id = tok.eos_id, (tok.bos_id if tok.bos_id >= 0 else None)
+        if tok.vocab_size > cfg.vocab_size:
+            raise ValueError(f"{tokenizer} has a vocabulary of {tok.vocab_size} but the model's vocab_size is "
                              f"{cfg.vocab_size}; pass the tokenizer this model was trained with")
 
     partial = out.rstrip("/") + ".partial"
@@ -313,8 +349,9 @@ def export(path: str, out: str, tag: str | None = None, tokenizer: str | None = 
     GenerationConfig(bos_token_id=bos_id, eos_token_id=eos_id, max_length=cfg.max_seq_len,
                      do_sample=False).save_pretrained(partial)
     problems = []
-    if tokenizer is not None:
-        problems += [f"tokenizer mismatch {m}" for m in save_tokenizer(tokenizer, partial, cfg.max_seq_len)]
+    if tok is not None:
+        save = save_hf_tokenizer if kind_of(tok) == HUGGINGFACE else save_tokenizer
+        problems += [f"tokenizer mismatch {m}" for m in save(tokenizer, partial, cfg.max_seq_len)]
 
     theirs_model = AutoModelForCausalLM.from_pretrained(partial, dtype=torch.float32).eval()
     if type(theirs_model).__name__ != "LlamaForCausalLM":
@@ -343,7 +380,7 @@ def main(argv=None) -> int:
     p.add_argument("--tag", default=None, help="checkpoint tag (default: the one named in checkpoints/latest)")
     p.add_argument("--out", required=True, help="output directory (must not exist or be empty)")
     p.add_argument("--tokenizer", default=None,
-                   help="SentencePiece tokenizer.model (default: RUN_DIR/tokenizer.model, or next to FILE.pt)")
+                   help="tokenizer.model or tokenizer.json (default: the run directory's, or the one next to FILE.pt)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="dtype of saved weights")
     args = p.parse_args(argv)
     try:

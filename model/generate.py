@@ -5,7 +5,8 @@
         --temperature 0.8 --top-k 50 --top-p 0.95 --seed 1
 
 --checkpoint is anything model.export.load_checkpoint reads (run dir, tag dir, or {"config", "model"} .pt file).
-Prompts are encoded with the run's SentencePiece model and, like every document in training, are preceded by
+Prompts are encoded with the run's tokenizer (SentencePiece or Hugging Face) and, like every document in
+training, are preceded by
 the EOS id, which marks a document boundary in the packed training stream (the data has no BOS).
 Prompts of different lengths share one batch: they are left-padded, the cache masks the padding, and each
 sequence counts rotary positions from its own first token, so a prompt decodes the same alone or in a batch.
@@ -106,11 +107,12 @@ def generate(model: Decoder, prompts: list[list[int]], max_new_tokens: int, temp
 
 def main(argv=None) -> int:
     from model.export import build_model, load_checkpoint
+    from pipeline.tokenizer_file import open_tokenizer_path
 
     p = argparse.ArgumentParser(description="Sample continuations from a checkpoint with a KV cache.")
     p.add_argument("--checkpoint", required=True, help="RUN_DIR, RUN_DIR/checkpoints/<tag>, or FILE.pt")
     p.add_argument("--tag", default=None, help="checkpoint tag (default: checkpoints/latest)")
-    p.add_argument("--tokenizer", default=None, help="tokenizer.model (default: the run's, or next to FILE.pt)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer.model or tokenizer.json (default: the run's, or next to FILE.pt)")
     p.add_argument("--prompt", action="append", required=True, help="prompt text; repeat for a batch")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
@@ -121,25 +123,24 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
 
-    import sentencepiece as spm
     try:  # a missing checkpoint or tokenizer, a prompt longer than the context, a bad sampling setting
         cfg, state, tokenizer = load_checkpoint(args.checkpoint, args.tag)
         tokenizer = args.tokenizer or tokenizer
         if tokenizer is None:
-            raise FileNotFoundError(f"no tokenizer.model found for {args.checkpoint}; pass --tokenizer PATH")
-        if not os.path.isfile(tokenizer):
-            raise FileNotFoundError(f"--tokenizer {tokenizer} does not exist; pass a SentencePiece .model file")
-        sp = spm.SentencePieceProcessor(model_file=tokenizer)
+            raise FileNotFoundError(f"no tokenizer.model or tokenizer.json found for {args.checkpoint}; pass "
+                                    "--tokenizer PATH")
+        tok = open_tokenizer_path(tokenizer)
         model = build_model(cfg, state).to(device=args.device, dtype=getattr(torch, args.dtype))
-        prompts = [[sp.eos_id()] + sp.encode(text) for text in args.prompt]
+        # Each prompt starts after an EOS, as every document after the first does in training.
+        prompts = [[tok.eos_id] + tok.encode(text) for text in args.prompt]
         outputs = generate(model, prompts, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                           top_p=args.top_p, eos_id=sp.eos_id(), seed=args.seed)
+                           top_p=args.top_p, eos_id=tok.eos_id, seed=args.seed)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for prompt, new in zip(prompts, outputs):
         # Decode prompt and continuation together: SentencePiece drops the leading space of a lone fragment.
-        print(sp.decode([t for t in prompt[1:] + new if t != sp.eos_id()]))
+        print(tok.decode([t for t in prompt[1:] + new if t != tok.eos_id]))
         print("-" * 40)
     return 0
 

@@ -4,7 +4,8 @@ One home for those names, so that the stages that write them and ``--overwrite``
 disagree. Standard library only (``pipeline.prepare`` checks the output before it imports Beam)::
 
     DIR/manifest.json                              written last; its presence marks a finished run
-    DIR/tokenizer.model                            trained, or a copy of --tokenizer
+    DIR/tokenizer.model                            trained, or a copy of --tokenizer (SentencePiece)
+    DIR/tokenizer.json, DIR/tokenizer_config.json  instead, for a Hugging Face --tokenizer (pipeline.hf_tokenizer)
     DIR/train/shard-SSSSS-of-NNNNN.bin / .idx      token shards (pipeline.shards), .idx renamed last
     DIR/val/shard-SSSSS-of-NNNNN.bin / .idx
     DIR/rejected/STAGE-SSSSS-of-NNNNN.jsonl.gz     dropped records of one stage (parse, quality,
@@ -25,12 +26,13 @@ from pipeline.files import TEMP_MARKER
 from pipeline.manifest import MANIFEST_NAME
 
 TOKENIZER_NAME = "tokenizer.model"
+HF_TOKENIZER_NAME, HF_CONFIG_NAME = "tokenizer.json", "tokenizer_config.json"
 SPLITS = ("train", "val")  # one folder of shards each, in manifest order
 REJECTED_DIR = "rejected"
 CORPUS_DIR = "_corpus"
 RUNS_DIR = "_runs"
 
-OUTPUT_FILES = (MANIFEST_NAME, TOKENIZER_NAME)
+OUTPUT_FILES = (MANIFEST_NAME, TOKENIZER_NAME, HF_TOKENIZER_NAME, HF_CONFIG_NAME)
 OUTPUT_DIRS = SPLITS + (REJECTED_DIR, CORPUS_DIR, RUNS_DIR)
 
 _TEMP = re.escape(TEMP_MARKER) + r"[0-9a-f-]+"

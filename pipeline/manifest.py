@@ -5,7 +5,8 @@ keys may be added freely::
 
     {"documents": {"read": N, "kept": K, "rejected": {"<reason>": n, ...}},   # read == kept + sum(rejected)
      "tokens": {"train": T, "val": V},
-     "tokenizer": {"path": "tokenizer.model", "vocab_size": int, "eos_id": int, "sha256": str},
+     "tokenizer": {"path": "tokenizer.model", "vocab_size": int, "eos_id": int, "sha256": str,
+                   "kind": "sentencepiece" | "huggingface"},   # kind absent: sentencepiece (pipeline.tokenizer_file)
      "shards": [{"split": "train", "path": "train/shard-00000-of-00008", "documents": d, "tokens": t,
                  "sha256_bin": str, "sha256_idx": str}, ...],
      "config": {... every option the run used ...}}

@@ -14,7 +14,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.counters import REASONS
-from pipeline.layout import REJECTED_DIR, SPLITS, TOKENIZER_NAME
+from pipeline.layout import REJECTED_DIR, SPLITS
 from pipeline.manifest import MANIFEST_NAME, manifest_json
 from pipeline.write import remove_runs, write_bytes
 
@@ -33,7 +33,8 @@ def build_manifest(read: int, rejected: dict[str, int], shard_stats: list[dict],
         "documents": {"read": read, "kept": kept, "rejected": counts},
         "tokens": {split: sum(s["tokens"] for s in shards if s["split"] == split) for split in SPLITS},
         "tokenizer": {
-            "path": TOKENIZER_NAME,
+            "path": info["path"],
+            "kind": info["kind"],
             "vocab_size": info["vocab_size"],
             "eos_id": info["eos_id"],
             "sha256": info["sha256"],

@@ -44,6 +44,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import tempfile
 from contextlib import ExitStack
@@ -105,7 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     tok = p.add_argument_group("tokenizer")
     tok.add_argument("--tokenizer", default=None, metavar="PATH",
-                     help="use this SentencePiece model instead of training one")
+                     help="use this tokenizer instead of training one: a SentencePiece .model file, or a Hugging "
+                     "Face tokenizer (a tokenizer.json, a folder holding one, or a Hub name such as gpt2)")
+    tok.add_argument("--eos-token", default=None, metavar="TOKEN",
+                     help="Hugging Face tokenizers: the special token that ends each document (default: the "
+                     "eos_token of the tokenizer_config.json beside tokenizer.json)")
     tok.add_argument("--vocab-size", type=int, default=32000, help="vocabulary size of the trained tokenizer")
     tok.add_argument("--tokenizer-sample-mb", type=float, default=32.0,
                      help="train the tokenizer on this many MB (million characters) of kept documents, "
@@ -143,6 +148,9 @@ def validate_args(args: argparse.Namespace) -> None:
     if args.vocab_size < MIN_VOCAB_SIZE:
         raise ValueError(f"--vocab-size {args.vocab_size} is too small: use at least {MIN_VOCAB_SIZE} "
                          "(256 byte-fallback pieces and the special tokens come first)")
+    if args.eos_token is not None and not args.tokenizer:
+        raise ValueError("--eos-token names the EOS of a given Hugging Face tokenizer: pass --tokenizer too, or drop "
+                         "--eos-token (a trained tokenizer has its own EOS)")
     if not 0 < args.tokenizer_sample_mb <= 1e5:
         raise ValueError(f"--tokenizer-sample-mb {args.tokenizer_sample_mb}: use a positive number of MB")
     if not 0 <= args.val_fraction < 1:
@@ -255,25 +263,40 @@ def _list_output(output: str) -> tuple[list[str], list[str]]:
     return list_tree(output)
 
 
-def load_given_tokenizer(path: str) -> dict:
-    """Read and check --tokenizer PATH up front; returns the tokenizer-info dict the pipeline passes around."""
+# What a Hugging Face Hub repository name looks like ("gpt2", "EleutherAI/gpt-neox-20b"), as opposed to a path.
+_HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
+def load_given_tokenizer(path: str, eos_token: str | None = None) -> dict:
+    """Read and check --tokenizer PATH up front; returns the tokenizer-info dict the pipeline passes around.
+
+    PATH is a SentencePiece .model file, or a Hugging Face tokenizer: a tokenizer.json, a folder holding one, or
+    a Hub name (pipeline.hf_tokenizer, which also says where the EOS token comes from).
+    """
     from apache_beam.io.filesystems import FileSystems
 
+    from pipeline.hf_tokenizer import resolve_hf_tokenizer
+    from pipeline.tokenizer_file import HUGGINGFACE
     from pipeline.tokenizer_stage import tokenizer_info
 
-    if not FileSystems.exists(path):
-        raise FileNotFoundError(f"--tokenizer {path} does not exist; pass a SentencePiece .model file, or omit "
-                                "--tokenizer to train one")
-    if not is_remote(path):
-        from pipeline.tokenizer import Tokenizer
-
-        Tokenizer(path)  # raises naming the file if it is not a SentencePiece model
-    with FileSystems.open(path) as f:
-        model = f.read()
-    try:
-        return tokenizer_info(model, trained=False)
-    except (ValueError, RuntimeError, OSError) as e:
-        raise ValueError(f"--tokenizer {path} is not a SentencePiece model ({e})") from e
+    local_dir = not is_remote(path) and os.path.isdir(path)
+    exists = local_dir or FileSystems.exists(path)
+    if not exists and (path.endswith((".model", ".json")) or not _HUB_NAME.fullmatch(path)):
+        raise FileNotFoundError(f"--tokenizer {path} does not exist; pass a SentencePiece .model file, a Hugging Face "
+                                "tokenizer.json or tokenizer folder, or omit --tokenizer to train one")
+    if exists and not local_dir and not path.endswith(".json"):
+        if eos_token is not None:
+            raise ValueError(f"--eos-token applies to Hugging Face tokenizers; the SentencePiece model {path} names "
+                             "its own EOS piece: drop --eos-token")
+        with FileSystems.open(path) as f:
+            model = f.read()
+        try:
+            return tokenizer_info(model, trained=False)
+        except (ValueError, RuntimeError, OSError) as e:
+            raise ValueError(f"--tokenizer {path} is not a SentencePiece model ({e}); pass a SentencePiece .model "
+                             "file, or a Hugging Face tokenizer.json or tokenizer folder") from e
+    tok = resolve_hf_tokenizer(path, eos_token)
+    return tokenizer_info(tok.model_proto, trained=False, kind=HUGGINGFACE, config=tok.config_json)
 
 
 def pipeline_options(beam_args: list[str]):
@@ -434,7 +457,7 @@ def prepare(argv: list[str] | None = None) -> Outcome:
 
     sizes = resolve_inputs(args.input)
     files = list(sizes)
-    given = load_given_tokenizer(args.tokenizer) if args.tokenizer else None
+    given = load_given_tokenizer(args.tokenizer, args.eos_token) if args.tokenizer else None
     hf_rows, hf_bytes = 0, 0
     if args.hf_dataset:
         from pipeline.read import load_hf_dataset

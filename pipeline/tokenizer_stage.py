@@ -3,12 +3,13 @@
     SampleForTokenizer   (dedup_key, Document) -> the documents with the smallest hash of their document_key,
                          up to a character budget (bottom-k: the same sample whatever the runner's splits)
     TrainTokenizer       sample -> SentencePiece model, written to DIR/tokenizer.model -> tokenizer info
-    GivenTokenizer       --tokenizer PATH, copied to DIR/tokenizer.model -> tokenizer info
+    GivenTokenizer       --tokenizer PATH (SentencePiece, or Hugging Face: pipeline.hf_tokenizer), copied to
+                         DIR/tokenizer.model or DIR/tokenizer.json + tokenizer_config.json -> tokenizer info
     TokenizeAndAssign    (dedup_key, Document) -> ((split, shard, part), packed batch of ((document_key,
                          dedup_key), token bytes)), with the tokenizer info and the write plan
                          (pipeline.write.PlanWrite) as singleton side inputs
 
-The tokenizer info is one dict (model bytes, vocab size, eos id, sha256) passed as a side input, so the runner
+The tokenizer info is one dict (kind, the files' bytes, vocab size, eos id, sha256) passed as a side input, so the runner
 finishes training before any document is tokenized, and nothing is read or filtered twice. pipeline.tokenizer
 is the SentencePiece code itself, without Beam.
 """
@@ -23,12 +24,13 @@ from apache_beam.metrics import Metrics
 from pipeline import documents
 from pipeline.bundles import in_global_window
 from pipeline.counters import COUNTER_NAMESPACE
-from pipeline.layout import REJECTED_DIR, TOKENIZER_NAME
+from pipeline.layout import REJECTED_DIR
 from pipeline.packing import pack_token_batch
 from pipeline.progress import TOKENIZE
 from pipeline.progress_dofn import ReportingDoFn
 from pipeline.shards import dtype_for_vocab
 from pipeline.split import assign_part, assign_shard, hash_unit
+from pipeline.tokenizer_file import HUGGINGFACE, SENTENCEPIECE, file_names, open_tokenizer
 from pipeline.write import write_bytes
 
 
@@ -86,19 +88,34 @@ class SampleForTokenizer(beam.PTransform):
         )
 
 
-def tokenizer_info(model_bytes: bytes, trained: bool, sample_chars: int = 0) -> dict:
-    """The tokenizer-info dict passed between stages (model bytes included) and summarized in the manifest."""
-    from pipeline.tokenizer import Tokenizer
+def tokenizer_info(model_bytes: bytes, trained: bool, sample_chars: int = 0, *, kind: str = SENTENCEPIECE,
+                   config: bytes | None = None) -> dict:
+    """The tokenizer-info dict passed between stages (the files' bytes included) and summarized in the manifest.
 
-    tok = Tokenizer.from_bytes(model_bytes, TOKENIZER_NAME)
+    ``kind`` and ``config`` as in pipeline.tokenizer_file: a Hugging Face tokenizer is its tokenizer.json
+    (``model_bytes``) plus the tokenizer_config.json naming its EOS token (``config``).
+    """
+    tok = open_tokenizer(kind, model_bytes, config)
     return {
+        "kind": kind,
         "model": model_bytes,
+        "config": config,
+        "path": file_names(kind)[0],
         "vocab_size": int(tok.vocab_size),
         "eos_id": int(tok.eos_id),
         "sha256": hashlib.sha256(model_bytes).hexdigest(),
         "trained": trained,
         "sample_chars": sample_chars,
     }
+
+
+def write_tokenizer_files(output_dir: str, info: dict) -> None:
+    """The tokenizer's files into the output directory (tokenizer.model, or tokenizer.json + its config)."""
+    files = {info["path"]: info["model"]}
+    if info["kind"] == HUGGINGFACE:
+        files[file_names(HUGGINGFACE)[1]] = info["config"]
+    for name, data in files.items():
+        write_bytes(FileSystems.join(output_dir, name), data)
 
 
 class _TrainTokenizerFn(beam.DoFn):
@@ -117,8 +134,9 @@ class _TrainTokenizerFn(beam.DoFn):
         # The sample arrives sorted by hash: the trainer sees the same sentences in the same order on every
         # run and worker count, so the model file is byte-identical.
         model = train_tokenizer_bytes((text for _, text in sample), self.vocab_size)
-        write_bytes(FileSystems.join(self.output_dir, TOKENIZER_NAME), model)
-        yield tokenizer_info(model, trained=True, sample_chars=sum(len(t) for _, t in sample))
+        info = tokenizer_info(model, trained=True, sample_chars=sum(len(t) for _, t in sample))
+        write_tokenizer_files(self.output_dir, info)
+        yield info
 
 
 class TrainTokenizer(beam.PTransform):
@@ -141,12 +159,12 @@ class _CopyTokenizerFn(beam.DoFn):
         self.output_dir = output_dir
 
     def process(self, info):
-        write_bytes(FileSystems.join(self.output_dir, TOKENIZER_NAME), info["model"])
+        write_tokenizer_files(self.output_dir, info)
         yield info
 
 
 class GivenTokenizer(beam.PTransform):
-    """PBegin -> [tokenizer info] for an existing model (--tokenizer PATH), copied to DIR/tokenizer.model."""
+    """PBegin -> [tokenizer info] for an existing tokenizer (--tokenizer PATH), its files copied into DIR."""
 
     def __init__(self, info: dict, output_dir: str):
         super().__init__()
@@ -191,9 +209,8 @@ class _TokenizeFn(ReportingDoFn):
         # The model arrives as a side input (it may have been trained in this very run); build it once
         # per DoFn instance, not per element.
         if self._sha != info["sha256"]:
-            from pipeline.tokenizer import Tokenizer
-
-            self._tok, self._sha = Tokenizer.from_bytes(info["model"], TOKENIZER_NAME), info["sha256"]
+            self._tok = open_tokenizer(info.get("kind", SENTENCEPIECE), info["model"], info.get("config"))
+            self._sha = info["sha256"]
             self._dtype = dtype_for_vocab(info["vocab_size"])
         return self._tok
 

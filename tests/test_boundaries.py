@@ -1,6 +1,7 @@
 """Import boundaries between the three packages, checked in a fresh interpreter each.
 
-The model is plain PyTorch (no DeepSpeed, Beam or training code); the trainer never pulls in Beam; the data
+The model is plain PyTorch (no DeepSpeed, Beam or training code; export and generation open the data's
+tokenizer files with pipeline.tokenizer_file when they run, not when they are imported); the trainer never pulls in Beam; the data
 pipeline never pulls in the model or the trainer; the shard format needs numpy only, and the manifest,
 the output layout and the shard assignment the standard library only.
 """

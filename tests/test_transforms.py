@@ -136,7 +136,8 @@ def test_bottom_k_sample_does_not_depend_on_partitioning():
 
 
 def test_build_manifest_checks_read_equals_kept_plus_rejected():
-    info = {"vocab_size": 400, "eos_id": 2, "sha256": "0" * 64, "trained": True, "sample_chars": 10}
+    info = {"kind": "sentencepiece", "path": "tokenizer.model", "vocab_size": 400, "eos_id": 2, "sha256": "0" * 64,
+            "trained": True, "sample_chars": 10}
     shards = [{"split": "val", "path": "val/shard-00000-of-00001", "documents": 1, "tokens": 5,
                "sha256_bin": "a", "sha256_idx": "b"},
               {"split": "train", "path": "train/shard-00000-of-00001", "documents": 3, "tokens": 9,

@@ -9,6 +9,10 @@
 2. Throughput: samples/s the loader produces for the tiny and quickstart run configs (their seq_len and
    global batch), against samples/s the tiny model consumes on this machine (forward + backward + AdamW,
    one process), measured here in the same run.
+3. Blends (launch/blend.py): the same shards as three sources (every third shard, weights 0.5/0.3/0.2)
+   against the single stream over all of them: per-sample loader time, blended / single, interleaved over
+   repetitions (range reported), at the quickstart's batch (16 x 128) and one rank's batch of a 1B run
+   (64 x 2048); the blend's one-off set-up; and its seek cost at steps 10 / 10,000 / 10,000,000 as in 1.
 
 The synthetic corpus is written with pipeline.shards.write_shard into a temporary directory.
 """
@@ -27,6 +31,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from launch.blend import BlendedStream, source_seed  # noqa: E402
 from launch.data import FeistelPermutation, RankLoader, SampleStream  # noqa: E402
 from model.decoder import SIZES, Decoder, DecoderConfig, flops_per_token  # noqa: E402
 from pipeline.shards import write_shard  # noqa: E402
@@ -65,7 +70,7 @@ def seek_cost(prefixes, seq_len, global_batch, micro_batch, world_size, repeats)
     stream = SampleStream(prefixes, seq_len, seed=1234)
 
     def first_batch(step):
-        stream._perms.clear()  # cold: build the epoch's permutation keys as a resumed run would
+        stream.drop_caches()  # cold: build the epoch's permutation keys as a resumed run would
         return next(iter(RankLoader(stream, global_batch, micro_batch, 0, world_size, start_step=step)))
 
     out = {"samples_per_epoch": stream.samples_per_epoch, "steps": {}}
@@ -102,6 +107,44 @@ def loader_rate(prefixes, seq_len, global_batch, micro_batch, steps) -> float:
     for _ in range(steps):
         next(loader)
     return steps * global_batch / (time.perf_counter() - t0)
+
+
+def blend_cost(prefixes, seq_len, global_batch, micro_batch, steps, repeats) -> dict:
+    """Blended vs single-stream loader over the same shards: per-repetition time ratio, set-up, seek cost."""
+    weights, names = [0.5, 0.3, 0.2], ["a", "b", "c"]
+
+    def make_blend():
+        return BlendedStream([SampleStream(prefixes[i::3], seq_len, source_seed(1234, i)) for i in range(3)],
+                             weights, names)
+
+    single, blend = SampleStream(prefixes, seq_len, seed=1234), make_blend()
+
+    def run(stream):
+        loader = iter(RankLoader(stream, global_batch, micro_batch, 0, 1, start_step=0))
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            next(loader)
+        return time.perf_counter() - t0
+
+    run(single), run(blend)  # warm-up: page the shards in
+    ratios = []
+    for r in range(repeats):
+        if r % 2:
+            b, s = run(blend), run(single)
+        else:
+            s, b = run(single), run(blend)
+        ratios.append(b / s)
+    setup = time_call(make_blend, max(3, repeats // 4))
+
+    def first_batch(step):
+        for stream in blend.streams:
+            stream.drop_caches()  # cold, as in seek_cost
+        return next(iter(RankLoader(blend, global_batch, micro_batch, 0, 1, start_step=step)))
+
+    seek = {step: time_call(lambda: first_batch(step), repeats) for step in (10, 10_000, 10_000_000)}
+    return {"ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+            "setup_seconds": setup, "seek_seconds": seek,
+            "seek_ratio_10m_vs_10": seek[10_000_000] / seek[10]}
 
 
 def model_rate(size: str, vocab: int, seq_len: int, global_batch: int, micro_batch: int, steps: int) -> dict:
@@ -179,6 +222,18 @@ def main(argv=None) -> None:
         results["gpu_estimate"] = {"h100_1b_samples_per_s_needed": need, "loader_samples_per_s_seq2048": big}
         print(f"  seq_len 2048: loader {big:,.0f} samples/s per process; a 1B model at 45% MFU on one H100 needs "
               f"~{need:,.1f} samples/s (estimate from FLOPs, not measured) -> {big / need:,.0f}x headroom")
+
+        results["blend"] = {}
+        # The quickstart config's batch (16 x 128), and one rank's share of a 1B run's (64 x 2048).
+        for sl, gb, mb in ((128, 16, 4), (2048, 64, 8)):
+            blend = blend_cost(prefixes, sl, gb, mb, steps=200, repeats=args.repeats)
+            results["blend"][f"{gb}x{sl}"] = blend
+            print(f"\nblend of 3 sources (0.5/0.3/0.2) vs one stream over the same shards, {gb} samples x {sl} "
+                  f"tokens per batch, 200 steps x {args.repeats} interleaved repetitions: blended / single time = "
+                  f"{blend['ratio_median']:.3f} (range {blend['ratio_min']:.3f}-{blend['ratio_max']:.3f}); set-up "
+                  f"{blend['setup_seconds'] * 1e3:.0f} ms once per process; seek (first batch, cold) "
+                  + ", ".join(f"step {k:,} {v * 1e3:.2f} ms" for k, v in blend["seek_seconds"].items())
+                  + f" (10M / 10 = {blend['seek_ratio_10m_vs_10']:.2f})")
 
     if args.json:
         with open(args.json, "w") as f:

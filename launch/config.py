@@ -25,6 +25,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 
+from launch.blend import sources_from_config
 from launch.data import samples_per_rank
 from launch.processes import EXIT_USAGE
 from model.decoder import SIZES, DecoderConfig
@@ -67,6 +68,10 @@ class TrainConfig:
     keep_checkpoints: int = 3        # complete checkpoints kept on disk
     log_every: int = 1               # print a step line every N steps (metrics.jsonl gets every step)
     seed: int = 1234                 # model init, data order (with the step) and per-rank RNG streams
+    # Training data, when --data is not given: [{"path": DIR, "weight": share, "name": label}, ...]; several
+    # entries are a weighted blend (launch.blend). Weights are shares of samples, of any scale.
+    data: list = field(default_factory=list)
+    max_source_epochs: float = 10.0  # warn when a blended source would be read more times than this
 
     # ------------------------------------------------------------------------------------------- validation
 
@@ -100,6 +105,9 @@ class TrainConfig:
                 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas)):
             raise ValueError(f"{where}: betas must be two numbers in [0, 1), e.g. [0.9, 0.95]; got {self.betas!r}")
         self.betas = [float(b) for b in self.betas]
+        sources_from_config(self.data, where)  # raises naming the entry
+        if not self.max_source_epochs > 0:
+            raise ValueError(f"{where}: max_source_epochs must be > 0, got {self.max_source_epochs}")
         if self.micro_batch > self.global_batch:
             raise ValueError(f"{where}: micro_batch={self.micro_batch} exceeds global_batch={self.global_batch}")
         self._validate_model(where)

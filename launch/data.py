@@ -37,6 +37,7 @@ from pipeline.manifest import load_manifest, shard_prefixes
 from pipeline.shards import ShardReader, dtype_for_vocab
 
 _MASK64 = (1 << 64) - 1
+WINDOW_BLOCK = 4096  # global samples whose shuffled windows are computed together (SampleStream._window_block)
 _FEISTEL_ROUNDS = 6  # Luby-Rackoff: 4 rounds already give a strong PRP; 6 leave margin for a cheap round function
 
 
@@ -126,6 +127,7 @@ class SampleStream:
                 f"fewer than one sample of seq_len + 1 = {self.seq_len + 1} tokens; prepare more data or lower seq_len"
             )
         self._perms: dict[int, FeistelPermutation] = {}
+        self._blocks: dict[int, np.ndarray] = {}  # block -> window indices (_window_block)
 
     def _perm(self, epoch: int) -> FeistelPermutation:
         perm = self._perms.get(epoch)
@@ -135,16 +137,45 @@ class SampleStream:
             perm = self._perms[epoch] = FeistelPermutation(self.samples_per_epoch, self.seed, epoch)
         return perm
 
+    def _window_block(self, block: int) -> np.ndarray:
+        """Window indices of global samples [block * WINDOW_BLOCK, (block + 1) * WINDOW_BLOCK), kept for reuse.
+
+        Consecutive steps read consecutive samples, so one permutation call per block instead of one per batch:
+        numpy's per-call cost, not the arithmetic, dominates a small batch (a blend asks each source in turn).
+        """
+        table = self._blocks.get(block)
+        if table is None:
+            if len(self._blocks) >= 4:  # a loader (train or val, each rank) is in one or two blocks at a time
+                self._blocks.clear()
+            idx = np.arange(block * WINDOW_BLOCK, (block + 1) * WINDOW_BLOCK, dtype=np.int64)
+            epochs, positions = np.divmod(idx, self.samples_per_epoch)
+            table = np.empty_like(idx)
+            for epoch in np.unique(epochs):
+                sel = epochs == epoch
+                table[sel] = self._perm(int(epoch))(positions[sel])
+            self._blocks[block] = table
+        return table
+
+    def drop_caches(self) -> None:
+        """Forget cached permutations and window blocks (what a freshly started process has)."""
+        self._perms.clear()
+        self._blocks.clear()
+
     def window_indices(self, indices) -> np.ndarray:
         """Global sample indices (int array) -> packed window indices in ``[0, samples_per_epoch)``."""
         idx = np.asarray(indices, dtype=np.int64)
-        if idx.size and int(idx.min()) < 0:
+        if idx.size == 0:
+            return idx.copy()
+        if int(idx.min()) < 0:
             raise IndexError(f"sample indices must be >= 0, got {int(idx.min())}")
-        epochs, positions = np.divmod(idx, self.samples_per_epoch)
+        blocks, offsets = np.divmod(idx, WINDOW_BLOCK)
+        first = int(blocks.min())
+        if first == int(blocks.max()):
+            return self._window_block(first)[offsets]
         out = np.empty_like(idx)
-        for epoch in np.unique(epochs):
-            sel = epochs == epoch
-            out[sel] = self._perm(int(epoch))(positions[sel])
+        for block in np.unique(blocks):
+            sel = blocks == block
+            out[sel] = self._window_block(int(block))[offsets[sel]]
         return out
 
     def window(self, k: int) -> np.ndarray:

@@ -174,8 +174,10 @@ class MetricsLogger:
         per_step = self._timed_seconds / self._timed_steps if self._timed_steps else (self._first_seconds or 0.0)
         return max(self.total_steps - step, 0) * per_step
 
-    def step(self, step: int, loss: float, lr: float, grad_norm: float | None, tokens: int, seconds: float) -> None:
-        """Record optimizer step ``step`` (completed steps, 1-based)."""
+    def step(self, step: int, loss: float, lr: float, grad_norm: float | None, tokens: int, seconds: float,
+             tokens_by_source: dict[str, int] | None = None) -> None:
+        """Record optimizer step ``step`` (completed steps, 1-based); a blend also gives the tokens each source has
+        contributed so far (cumulative, like ``tokens``)."""
         if not self.enabled:
             return
         self.tokens_total += int(tokens)
@@ -193,6 +195,8 @@ class MetricsLogger:
             "tokens": self.tokens_total,
             "tokens_per_s": _finite_or_none(tokens_per_s),
         }
+        if tokens_by_source is not None:
+            record["tokens_by_source"] = dict(tokens_by_source)
         utilization = None
         if self.peak_flops is not None and math.isfinite(tokens_per_s):
             utilization = mfu(tokens_per_s, self.flops_per_token, self.peak_flops, self.world_size)
@@ -217,12 +221,18 @@ class MetricsLogger:
             line = " | ".join([f"step {step}/{self.total_steps}", *parts, f"eta {format_eta(self._eta_seconds(step))}"])
             print(line, flush=True)
 
-    def eval(self, step: int, val_loss: float) -> None:
-        """Record a validation loss measured after optimizer step ``step``."""
+    def eval(self, step: int, val_loss: float, by_source: dict[str, float] | None = None) -> None:
+        """Record a validation loss measured after optimizer step ``step``; for a blend ``val_loss`` is the weighted
+        mean and ``by_source`` each source's own."""
         if not self.enabled:
             return
-        self._write({"step": step, "val_loss": _finite_or_none(val_loss)})
+        record = {"step": step, "val_loss": _finite_or_none(val_loss)}
+        if by_source is not None:
+            record["val_loss_by_source"] = {name: _finite_or_none(v) for name, v in by_source.items()}
+        self._write(record)
         line = f"step {step}/{self.total_steps} | val loss {val_loss:.3f} | val ppl {math.exp(min(val_loss, 50.0)):.1f}"
+        if by_source is not None:
+            line += " | " + ", ".join(f"{name} {v:.3f}" for name, v in by_source.items())
         if self._bar is not None:
             self._bar.write(line)
         else:
@@ -300,7 +310,12 @@ def main(argv=None) -> int:
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], label="train")
     if evals:
-        ax.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", label="val")
+        label = "val (weighted mean)" if any("val_loss_by_source" in r for r in evals) else "val"
+        ax.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", label=label)
+        names = sorted({n for r in evals for n in r.get("val_loss_by_source", {})})
+        for name in names:
+            points = [(r["step"], r["val_loss_by_source"][name]) for r in evals if name in r.get("val_loss_by_source", {})]
+            ax.plot([p[0] for p in points], [p[1] for p in points], ".--", label=f"val {name}")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (nats/token)")
     ax.legend()

@@ -5,9 +5,11 @@
 
 Stages, each a real run of the project's own entry points:
 
-    1. prepare   python -m pipeline.prepare --builtin-corpus (Beam, local runner): filter, dedup, train the
-                 SentencePiece tokenizer, write Megatron shards + manifest.json into OUT/data
-    2. train     launch.train under DeepSpeed ZeRO-3 bf16, NPROC processes (2 CPU ranks when there is no GPU),
+    1. prepare   python -m pipeline.prepare --builtin-corpus (Beam, local runner), once per source (standard
+                 library docstrings, package descriptions): filter, dedup, train the SentencePiece tokenizer on
+                 the first (the second uses it), write Megatron shards + manifest.json into OUT/data/NAME
+    2. train     launch.train on a weighted blend of the sources (validation loss per source), under DeepSpeed
+                 ZeRO-3 bf16, NPROC processes (2 CPU ranks when there is no GPU),
                  started the way srun starts them (RANK/WORLD_SIZE/MASTER_* per process, no launcher)
     3. preempt   at --stop-at of the steps, SIGUSR1 to rank 0 only: all ranks agree, checkpoint, exit 75
     4. resume    the same command again: it resumes from the checkpoint and finishes the run
@@ -52,9 +54,14 @@ OUTPUTS = OUTPUT_DIRS + (MARKER, "metrics.jsonl", "config.json", "ds_config.json
                          "report.json", "loss.png")
 HF_FILES = ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
             "special_tokens_map.json", "chat_template.jinja", "EXPORT_FAILED.txt")
-LOG_RE = re.compile(r"prepare\.log|train-[a-z0-9]+-rank\d+\.log")
+LOG_RE = re.compile(r"prepare(-[a-z0-9]+)?\.log|train-[a-z0-9]+-rank\d+\.log")
 LOSS_DROP = 0.10  # the check that training learned: the final loss is at least this fraction below the initial
 PROMPTS = ["The function returns", "This module provides", "If the file does not exist,"]
+# Two sources of the built-in corpus, each prepared as a data set of its own and blended in training: (name,
+# built-in source, blend weight, val fraction). Package descriptions are few and long, so a larger share of
+# them is held out to give their validation split enough tokens.
+SOURCES = (("stdlib", "stdlib", 0.4, 0.03), ("dist", "dist", 0.6, 0.2))
+SOURCE_NAMES = tuple(name for name, *_ in SOURCES)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -94,8 +101,9 @@ def is_own_file(rel: str) -> bool:
         return top.split(TEMP_MARKER)[0] in OUTPUTS and top not in OUTPUT_DIRS
     if top == "monitor":
         return True  # what the DeepSpeed config's monitors write under RUN_DIR/monitor
-    if top == "data":
-        return layout.is_output(rest)
+    if top == "data":  # data/NAME/...: one data directory per source (data/... itself: earlier releases)
+        name, _, inner = rest.partition("/")
+        return layout.is_output(inner) if name in SOURCE_NAMES and inner else layout.is_output(rest)
     if top == "checkpoints":
         return checkpoint.is_own_entry(rest.split("/")[0])
     if top in ("hf", "hf.partial"):
@@ -109,7 +117,8 @@ def is_own_folder(rel: str) -> bool:
     if not rest:
         return top in OUTPUT_DIRS
     if top == "data":
-        return layout.is_output_dir(rest)
+        name, _, inner = rest.partition("/")
+        return (not inner or layout.is_output_dir(inner)) if name in SOURCE_NAMES else layout.is_output_dir(rest)
     return top == "monitor" or (top == "checkpoints" and checkpoint.is_own_entry(rest.split("/")[0]))
 
 
@@ -156,14 +165,27 @@ def run_logged(argv: list[str], log_path: str, timeout: float, env: dict | None 
 
 
 # -- 1. data --------------------------------------------------------------------------------------------------
-def prepare(args, data_dir: str, log_dir: str) -> dict:
-    # The local runner in-process: the corpus is a few MB, so worker processes would cost more than they save.
-    argv = [sys.executable, "-m", "pipeline.prepare", "--builtin-corpus", "--builtin-corpus-mb", str(args.corpus_mb),
-            "--output", data_dir, "--vocab-size", str(args.vocab_size), "--train-shards", str(args.train_shards),
-            "--val-shards", "1", "--val-fraction", "0.03", "--tokenizer-sample-mb", str(min(args.corpus_mb, 4.0))]
-    out = run_logged(argv, os.path.join(log_dir, "prepare.log"), args.timeout)
-    say(out.strip().splitlines()[-1])
-    return load_manifest(data_dir, verify=True)
+
+
+def prepare(args, data_dir: str, log_dir: str) -> dict[str, dict]:
+    """{name: manifest} of each source's data directory DATA_DIR/NAME. The first trains the tokenizer; the others
+    are encoded with it (a blend needs one tokenizer)."""
+    manifests = {}
+    for name, builtin, _, val_fraction in SOURCES:
+        out = os.path.join(data_dir, name)
+        # The local runner in-process: each corpus is a few MB, so worker processes would cost more than they save.
+        argv = [sys.executable, "-m", "pipeline.prepare", "--builtin-corpus", "--builtin-sources", builtin,
+                "--builtin-corpus-mb", str(args.corpus_mb / len(SOURCES)), "--output", out,
+                "--train-shards", str(args.train_shards), "--val-shards", "1", "--val-fraction", str(val_fraction)]
+        if manifests:
+            first = os.path.join(data_dir, SOURCES[0][0])
+            argv += ["--tokenizer", os.path.join(first, manifests[SOURCES[0][0]]["tokenizer"]["path"])]
+        else:
+            argv += ["--vocab-size", str(args.vocab_size), "--tokenizer-sample-mb", str(min(args.corpus_mb, 4.0))]
+        text = run_logged(argv, os.path.join(log_dir, f"prepare-{name}.log"), args.timeout)
+        say(f"    {name}: " + text.strip().splitlines()[-1])
+        manifests[name] = load_manifest(out, verify=True)
+    return manifests
 
 
 # -- 2-4. training, preemption, resume ------------------------------------------------------------------------
@@ -308,7 +330,11 @@ def plot_loss(steps: list[dict], evals: list[dict], resumed_at: int | None, path
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=1.2, label="train loss")
     if evals:
-        ax.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", label="validation loss")
+        ax.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", label="validation loss (weighted)")
+        for name in SOURCE_NAMES:
+            points = [(e["step"], e["val_loss_by_source"][name]) for e in evals if name in e.get("val_loss_by_source", {})]
+            if points:
+                ax.plot([p[0] for p in points], [p[1] for p in points], ".--", lw=1, label=f"validation loss: {name}")
     if resumed_at:
         ax.axvline(resumed_at, color="gray", ls="--", lw=1, label=f"preempted + resumed after step {resumed_at}")
     ax.set_xlabel("optimizer step")
@@ -328,23 +354,37 @@ def window(values: list[float]) -> float:
 
 
 def write_report(out: str, r: dict) -> str:
-    m, docs = r["manifest"], r["manifest"]["documents"]
-    rejected = sorted(docs["rejected"].items(), key=lambda kv: -kv[1])
+    manifests = r["manifests"]
+    first = next(iter(manifests.values()))
+    weights = {name: weight for name, _, weight, _ in SOURCES}
+    rejected: dict[str, int] = {}
+    for m in manifests.values():
+        for reason, n in m["documents"]["rejected"].items():
+            rejected[reason] = rejected.get(reason, 0) + n
+    data_lines = []
+    for name, m in manifests.items():
+        docs = m["documents"]
+        data_lines += [
+            f"- `data/{name}` (weight {weights[name]:g}): documents read {docs['read']:,}, kept {docs['kept']:,}, "
+            f"rejected {docs['read'] - docs['kept']:,}; tokens train {m['tokens']['train']:,}, val "
+            f"{m['tokens']['val']:,}; {len(m['shards'])} shards, checksums verified"]
     lines = [
         "# Quickstart report", "",
         f"{r['device']}; {r['nproc']} training processes; total {r['total_s']:.0f} s.", "",
-        "## Data (`python -m pipeline.prepare --builtin-corpus`)", "",
-        f"- documents read {docs['read']:,}, kept {docs['kept']:,}, rejected {docs['read'] - docs['kept']:,}",
-        f"- tokens: train {m['tokens']['train']:,}, val {m['tokens']['val']:,}; "
-        f"vocabulary {m['tokenizer']['vocab_size']:,} (SentencePiece BPE)",
-        f"- shards: {len(m['shards'])} ({', '.join(s['path'] for s in m['shards'])}), checksums verified", "",
+        "## Data (`python -m pipeline.prepare --builtin-corpus`, one data set per source)", "",
+        *data_lines,
+        f"- tokenizer: vocabulary {first['tokenizer']['vocab_size']:,} (SentencePiece BPE), trained on "
+        f"`data/{SOURCES[0][0]}` and given to the others with `--tokenizer`", "",
         "| rejection reason | documents |", "|---|---:|",
-        *[f"| {reason} | {n:,} |" for reason, n in rejected if n], "",
+        *[f"| {reason} | {n:,} |" for reason, n in sorted(rejected.items(), key=lambda kv: -kv[1]) if n], "",
         "## Training (`launch.train`, DeepSpeed ZeRO-3 bf16)", "",
         f"- model: {r['params'] / 1e6:.2f}M parameters; {r['steps']} steps x {r['tokens_per_step']:,} tokens",
         f"- train loss: {r['loss_first']:.3f} (mean of the first steps) -> {r['loss_last']:.3f} (of the last); "
-        f"ln(vocab) = {math.log(m['tokenizer']['vocab_size']):.3f}",
-        f"- validation loss: {r['val_losses']}",
+        f"ln(vocab) = {math.log(first['tokenizer']['vocab_size']):.3f}",
+        "- data: a weighted blend (`--data WEIGHT:DIR` per source); tokens seen per source: "
+        + ", ".join(f"{name} {n:,}" for name, n in r["tokens_by_source"].items()),
+        f"- validation loss (weighted mean over the sources): {r['val_losses']}",
+        *[f"- validation loss of `{name}`: {values}" for name, values in r["val_by_source"].items()],
         f"- throughput: {r['tokens_per_s']:,.0f} tokens/s (median over steps, all ranks together); "
         f"training wall time {r['train_s']:.0f} s",
         f"- preemption: SIGUSR1 to rank 0 after step {r['signal_step']}; every rank saved `{r['stopped_tag']}` and "
@@ -387,10 +427,11 @@ def main(argv=None) -> int:
 
     say(f"1/5 prepare: built-in corpus (up to {args.corpus_mb:g} MB of text) -> {data_dir}")
     t0 = time.perf_counter()
-    manifest = prepare(args, data_dir, os.path.join(args.out, "logs"))
+    manifests = prepare(args, data_dir, os.path.join(args.out, "logs"))
     stage_s["prepare"] = time.perf_counter() - t0
 
-    train_argv = [sys.executable, "-m", "launch.train", "--data", data_dir, "--config", args.config,
+    blend = [f"--data={weight}:{os.path.join(data_dir, name)}" for name, _, weight, _ in SOURCES]
+    train_argv = [sys.executable, "-m", "launch.train", *blend, "--config", args.config,
                   "--ds-config", args.ds_config, "--out", args.out, *[f"--set={kv}" for kv in args.set]]
     stop_step = max(1, int(cfg.steps * args.stop_at)) if args.stop_at else None
     say(f"2/5 train: {nproc} processes on {device}, {cfg.steps} steps"
@@ -433,19 +474,24 @@ def main(argv=None) -> int:
             len(losses) >= 4 and window(losses[::-1]) < (1 - LOSS_DROP) * window(losses),
         "export logits match transformers (<= 1e-4)": sample["max_abs_diff"] <= 1e-4,
         "greedy decode matches transformers on the export": sample["greedy_matches_transformers"],
+        "validation loss logged for every source of the blend":
+            bool(evals) and all(sorted(e.get("val_loss_by_source", {})) == sorted(SOURCE_NAMES) for e in evals),
     }
     if not args.stop_at:
         checks.pop("the run was interrupted (exit 75) and resumed from its checkpoint")
     report = dict(
-        manifest=manifest, device=device, nproc=nproc, steps=cfg.steps, tokens_per_step=tokens_per_step,
+        manifests=manifests, device=device, nproc=nproc, steps=cfg.steps, tokens_per_step=tokens_per_step,
         params=count_params(DecoderConfig.from_dict(model_cfg)), loss_first=window(losses),
         loss_last=window(losses[::-1]), val_losses=", ".join(f"{e['val_loss']:.3f} @ {e['step']}" for e in evals),
+        val_by_source={name: ", ".join(f"{e['val_loss_by_source'][name]:.3f} @ {e['step']}" for e in evals
+                                       if name in e.get("val_loss_by_source", {})) for name in SOURCE_NAMES},
+        tokens_by_source=steps[-1].get("tokens_by_source", {}) if steps else {},
         tokens_per_s=statistics.median(rates) if rates else float("nan"), train_s=stage_s["train (2 starts)"],
         signal_step=stop_step, stopped_tag=stopped_tag, final_tag=final_tag, checks=checks, stage_s=stage_s,
         total_s=time.perf_counter() - start, **sample)
     path = write_report(args.out, report)
     with open(os.path.join(args.out, "report.json"), "w") as f:
-        json.dump({k: v for k, v in report.items() if k != "manifest"}, f, indent=1)
+        json.dump({k: v for k, v in report.items() if k != "manifests"}, f, indent=1)
     failed = [name for name, ok in checks.items() if not ok]
     say(f"report: {path} ({report['total_s']:.0f} s); " + (f"FAILED: {failed}" if failed else "all checks passed"))
     return 1 if failed else 0

@@ -8,7 +8,8 @@
 # no launcher, no mpi4py). Extra arguments go to launch.train. Settings (environment variables):
 #   CONFIG     run config              (default launch/configs/125m.json)
 #   DS_CONFIG  DeepSpeed config        (default ds_configs/zero3_bf16.json)
-#   DATA_DIR   prepared data directory (default data)
+#   DATA_DIR   prepared data directory (default data); WEIGHT:DIR for a blend, other sources as
+#              arguments (--data 0.3:data/code)
 #   RUN_DIR    run directory; rerunning with the same RUN_DIR resumes from its newest complete checkpoint
 #              (default runs/single)
 #   GPU        which GPU to use when several are visible (default 0)

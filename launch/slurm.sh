@@ -10,7 +10,8 @@
 # Settings (environment variables, exported to the job by sbatch):
 #   CONFIG        run config               (default launch/configs/1b.json)
 #   DS_CONFIG     DeepSpeed config         (default ds_configs/zero3_bf16.json)
-#   DATA_DIR      prepared data directory  (default data)
+#   DATA_DIR      prepared data directory  (default data); WEIGHT:DIR for a blend, with the other sources in
+#                 EXTRA_ARGS ("--data 0.3:/data/code")
 #   RUN_DIR       run directory; a requeued or resubmitted job with the same RUN_DIR resumes from its newest
 #                 complete checkpoint      (default runs/slurm-$SLURM_JOB_ID; the job id survives a requeue)
 #   GPUS_PER_NODE ranks per node           (default: SLURM's tasks per node, i.e. --ntasks-per-node)

@@ -11,6 +11,9 @@ One process per device. Any of these starts it (`DS_ACCELERATOR=cpu` runs on CPU
     # DeepSpeed's launcher
     deepspeed --num_gpus 8 --module launch.train --data data/ --config launch/configs/125m.json \\
         --ds-config ds_configs/zero3_bf16.json --out runs/125m
+    # a weighted blend of prepared directories (shares of samples; launch.blend)
+    torchrun --standalone --nproc_per_node 2 -m launch.train --data 0.7:data/web --data 0.3:data/code \\
+        --config launch/configs/tiny.json --ds-config ds_configs/zero3_bf16.json --out runs/blend
     # SLURM: one task per GPU; RANK/LOCAL_RANK/WORLD_SIZE come from SLURM_PROCID/SLURM_LOCALID/SLURM_NTASKS,
     # MASTER_ADDR/MASTER_PORT from the caller (launch/slurm.sh)
     srun python -m launch.train ...
@@ -22,6 +25,7 @@ run the same command again to continue from it. Start-up always resumes from the
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import logging
@@ -37,22 +41,25 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from launch.blend import (BlendedStream, Source, blend_identity, check_sources, load_manifests, open_blend,
+                          parse_data_arg, sources_from_config)
 from launch.checkpoint import find_resume_point, load, prepare_resume, save
 from launch.config import (TrainConfig, deepspeed_config, load_config, merge_ds, offloads_optimizer,
                            zero_stage)
-from launch.data import RankLoader, SampleStream, open_split, rank_batch
+from launch.data import RankLoader, rank_batch
 from launch.metrics import MetricsLogger
 from launch.processes import EXIT_PREEMPTED, EXIT_USAGE, distributed_env
 from model.decoder import Decoder, DecoderConfig, count_params, flops_per_token
 from pipeline.files import atomic_open, write_atomic
-from pipeline.manifest import data_identity, load_manifest
 from pipeline.tokenizer_file import SENTENCEPIECE, file_names
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--data", required=True, help="prepared data directory (manifest.json, tokenizer.model, shards)")
+    p.add_argument("--data", action="append", default=None, metavar="[WEIGHT:]DIR",
+                   help="prepared data directory (manifest.json, tokenizer, shards); repeat with weights for a "
+                   "blend, e.g. --data 0.7:data/web --data 0.3:data/code (default: the run config's data list)")
     p.add_argument("--config", required=True, help="run config JSON, e.g. launch/configs/tiny.json")
     p.add_argument("--ds-config", required=True, help="DeepSpeed JSON, e.g. ds_configs/zero3_bf16.json")
     p.add_argument("--out", required=True, help="run directory: configs, metrics.jsonl, checkpoints/")
@@ -144,9 +151,10 @@ def _write_json(path: str, obj: dict) -> None:
 SCHEDULE_KEYS = ("seed", "steps", "warmup_steps", "lr", "min_lr")
 
 
-def data_hashes(manifest: dict) -> dict:
-    """What the checkpoint records of its data: the tokenizer, and the identity of tokenizer plus shards."""
-    return {"tokenizer_sha256": manifest["tokenizer"]["sha256"], "data_identity": data_identity(manifest)}
+def data_hashes(sources: list[Source], manifests: list[dict]) -> dict:
+    """What the checkpoint records of its data: the tokenizer, and the identity of tokenizer plus shards (of every
+    source, with its name and weight, for a blend)."""
+    return {"tokenizer_sha256": manifests[0]["tokenizer"]["sha256"], "data_identity": blend_identity(sources, manifests)}
 
 
 def check_resume(point, cfg: TrainConfig, model_cfg: DecoderConfig, hashes: dict, allow_data_change: bool,
@@ -192,14 +200,20 @@ def check_resume(point, cfg: TrainConfig, model_cfg: DecoderConfig, hashes: dict
     return changed
 
 
-def prepare_run_dir(run_dir: str, data_dir: str, manifest: dict, cfg: TrainConfig, model_cfg: DecoderConfig,
+def prepare_run_dir(run_dir: str, sources: list[Source], manifest: dict, cfg: TrainConfig, model_cfg: DecoderConfig,
                     ds: dict) -> None:
-    """Rank 0: resolved configs and the tokenizer, so export/generation need only the run directory."""
+    """Rank 0: resolved configs and the tokenizer, so export/generation need only the run directory.
+
+    config.json records the data the run trained on (every source's path, weight and name); the tokenizer, which
+    all sources share, is copied from the first.
+    """
     os.makedirs(run_dir, exist_ok=True)
     resolved = cfg.to_dict()
     resolved["model"] = dict(resolved["model"], vocab_size=model_cfg.vocab_size)
+    resolved["data"] = [dataclasses.asdict(s) for s in sources]
     _write_json(os.path.join(run_dir, "config.json"), resolved)
     _write_json(os.path.join(run_dir, "ds_config.json"), ds)
+    data_dir = sources[0].path
     kind = manifest["tokenizer"].get("kind", SENTENCEPIECE)
     for name in file_names(kind):  # tokenizer.model, or tokenizer.json + tokenizer_config.json
         src = os.path.join(data_dir, name)
@@ -212,7 +226,7 @@ def prepare_run_dir(run_dir: str, data_dir: str, manifest: dict, cfg: TrainConfi
 
 # ----------------------------------------------------------------------------------------------- the loop
 
-def evaluate(engine, stream: SampleStream, cfg: TrainConfig, rank: int, world_size: int, device) -> float:
+def evaluate(engine, stream, cfg: TrainConfig, rank: int, world_size: int, device) -> float:
     """Mean loss over the first eval_batches global batches of `stream` (each rank its slice, then all-reduced)."""
     engine.eval()
     total = torch.zeros((), dtype=torch.float64, device=device)
@@ -227,6 +241,16 @@ def evaluate(engine, stream: SampleStream, cfg: TrainConfig, rank: int, world_si
     return total.item() / (count * world_size)
 
 
+def validate(engine, val_streams: list, cfg: TrainConfig, rank: int, world_size: int, device):
+    """(val_loss, {source name: val_loss} or None): each source's val split evaluated alike; for a blend the
+    overall value is the mean weighted by the blend's shares."""
+    if len(val_streams) == 1:
+        return evaluate(engine, val_streams[0][1], cfg, rank, world_size, device), None
+    per_source = {name: evaluate(engine, stream, cfg, rank, world_size, device) for name, stream, _ in val_streams}
+    total = sum(w for _, _, w in val_streams)
+    return sum(per_source[name] * w for name, _, w in val_streams) / total, per_source
+
+
 def _grad_norm(engine) -> float | None:
     norm = engine.get_global_grad_norm()
     if norm is None:
@@ -235,7 +259,7 @@ def _grad_norm(engine) -> float | None:
 
 
 def train(args, cfg: TrainConfig, model_cfg: DecoderConfig, ds: dict, point, hashes: dict, rank: int,
-          world_size: int, train_stream: SampleStream, val_stream: SampleStream | None) -> int:
+          world_size: int, train_stream, val_streams: list | None) -> int:
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
@@ -271,13 +295,13 @@ def train(args, cfg: TrainConfig, model_cfg: DecoderConfig, ds: dict, point, has
     stop = StopFlag()
     stop.install()
     try:
-        return _loop(args, cfg, engine, ds, train_stream, val_stream, metrics, stop, client_state, start_step,
+        return _loop(args, cfg, engine, ds, train_stream, val_streams, metrics, stop, client_state, start_step,
                      rank, world_size)
     finally:
         metrics.close()
 
 
-def _loop(args, cfg, engine, ds, train_stream, val_stream, metrics, stop, client_state, start_step, rank,
+def _loop(args, cfg, engine, ds, train_stream, val_streams, metrics, stop, client_state, start_step, rank,
           world_size) -> int:
     device = engine.device
     tokens_per_step = cfg.global_batch * cfg.seq_len
@@ -302,15 +326,19 @@ def _loop(args, cfg, engine, ds, train_stream, val_stream, metrics, stop, client
         mean_loss, stopping = packed[0].item() / world_size, packed[1].item() > 0
         done = step + 1
         grad_norm = _grad_norm(engine)
-        metrics.step(done, mean_loss, lr, grad_norm, tokens_per_step, time.perf_counter() - t0)
+        by_source = train_stream.tokens_before(done * cfg.global_batch) if isinstance(train_stream, BlendedStream) \
+            else None  # a pure function of the step, like the data order
+        metrics.step(done, mean_loss, lr, grad_norm, tokens_per_step, time.perf_counter() - t0,
+                     tokens_by_source=by_source)
         # DeepSpeed's monitors (csv/tensorboard/wandb in the DeepSpeed JSON) log only the LR by themselves.
         events = [("Train/Samples/train_loss", mean_loss)]
         if grad_norm is not None:
             events.append(("Train/Samples/grad_norm", grad_norm))
-        if val_stream is not None and cfg.eval_every and done % cfg.eval_every == 0:
-            val_loss = evaluate(engine, val_stream, cfg, rank, world_size, device)
-            metrics.eval(done, val_loss)
+        if val_streams and cfg.eval_every and done % cfg.eval_every == 0:
+            val_loss, per_source = validate(engine, val_streams, cfg, rank, world_size, device)
+            metrics.eval(done, val_loss, per_source)
             events.append(("Train/Samples/val_loss", val_loss))
+            events += [(f"Train/Samples/val_loss/{name}", value) for name, value in (per_source or {}).items()]
         if engine.monitor.enabled:
             engine.monitor.write_events([(name, value, done * cfg.global_batch) for name, value in events])
         periodic = cfg.checkpoint_every and done % cfg.checkpoint_every == 0
@@ -332,10 +360,11 @@ class RunPlan:
     local_rank: int
     world_size: int
     cfg: TrainConfig
-    manifest: dict
+    sources: list            # launch.blend.Source, one per data directory
+    manifest: dict           # the first source's (the tokenizer all sources share)
     model_cfg: DecoderConfig
-    train_stream: SampleStream
-    val_stream: SampleStream | None
+    train_stream: object     # SampleStream (one source) or BlendedStream
+    val_streams: list | None  # [(source name, SampleStream, weight)] when validation is on
     ds: dict
     hashes: dict
     point: object  # launch.checkpoint.ResumePoint or None
@@ -346,17 +375,26 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     them raises ValueError or FileNotFoundError here, on every rank, before any process group or file exists."""
     rank, local_rank, world_size = distributed_env()
     cfg = load_config(args.config, args.set)
-    manifest = load_manifest(args.data)
+    if args.data:
+        sources = check_sources([parse_data_arg(text) for text in args.data])
+    else:
+        sources = check_sources(sources_from_config(cfg.data, args.config))
+    manifests = load_manifests(sources)
+    manifest = manifests[0]
     model_cfg = cfg.decoder_config(int(manifest["tokenizer"]["vocab_size"]))
-    train_stream = open_split(args.data, "train", cfg.seq_len, cfg.seed, model_cfg.vocab_size)
-    val_stream = None
+    train_stream = open_blend(sources, "train", cfg.seq_len, cfg.seed, model_cfg.vocab_size)
+    val_streams = None
     if cfg.eval_every:
-        try:
-            val_stream = open_split(args.data, "val", cfg.seq_len, cfg.seed, model_cfg.vocab_size)
-        except ValueError as e:
-            raise ValueError(f"{e}; or disable validation with --set eval_every=0") from e
+        weights = train_stream.index.weights if isinstance(train_stream, BlendedStream) else [1.0]
+        val_streams = []
+        for source, weight in zip(sources, weights):
+            try:
+                val_streams.append((source.name, open_blend([source], "val", cfg.seq_len, cfg.seed,
+                                                            model_cfg.vocab_size), weight))
+            except ValueError as e:
+                raise ValueError(f"{e}; or disable validation with --set eval_every=0") from e
     ds = deepspeed_config(cfg, args.ds_config, world_size, args.out, where=args.config)
-    hashes = data_hashes(manifest)
+    hashes = data_hashes(sources, manifests)
     point = find_resume_point(args.out)
     if point is not None:
         changed = check_resume(point, cfg, model_cfg, hashes, args.allow_data_change, args.out,
@@ -364,8 +402,22 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
         if rank == 0 and changed:
             print("resuming with a changed schedule (--allow-schedule-change): "
                   + ", ".join(f"{k} {old!r} -> {new!r}" for k, old, new in changed), flush=True)
-    return RunPlan(rank, local_rank, world_size, cfg, manifest, model_cfg, train_stream, val_stream, ds, hashes,
-                   point)
+    if rank == 0 and isinstance(train_stream, BlendedStream):
+        report_blend(train_stream, cfg)
+    return RunPlan(rank, local_rank, world_size, cfg, sources, manifest, model_cfg, train_stream, val_streams, ds,
+                   hashes, point)
+
+
+def report_blend(stream: BlendedStream, cfg: TrainConfig) -> None:
+    """Print each source's share and how many times the run reads it; warn past max_source_epochs."""
+    epochs = stream.epochs_before(cfg.steps * cfg.global_batch)
+    parts = [f"{name} {w * 100:.1f}% ({epochs[name]:.2f} epochs)" for name, w in zip(stream.names, stream.index.weights)]
+    print(f"data blend over {cfg.steps} steps: " + ", ".join(parts), flush=True)
+    for name, e in epochs.items():
+        if e > cfg.max_source_epochs:
+            print(f"warning: data source {name!r} is read {e:.1f} times in this run (max_source_epochs="
+                  f"{cfg.max_source_epochs:g}): it repeats more than its weight intends; lower its weight, prepare "
+                  "more of it, or raise max_source_epochs", flush=True)
 
 
 def main(argv=None) -> int:
@@ -400,10 +452,10 @@ def main(argv=None) -> int:
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
                                    timeout=datetime.timedelta(seconds=args.dist_timeout))
         if rank == 0:
-            prepare_run_dir(args.out, args.data, plan.manifest, plan.cfg, plan.model_cfg, ds)
+            prepare_run_dir(args.out, plan.sources, plan.manifest, plan.cfg, plan.model_cfg, ds)
         torch.distributed.barrier()
         return train(args, plan.cfg, plan.model_cfg, ds, plan.point, plan.hashes, rank, world_size,
-                     plan.train_stream, plan.val_stream)
+                     plan.train_stream, plan.val_streams)
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

@@ -15,6 +15,7 @@ walks, gzip without timestamps); ``--max-mb`` stops after that many MB of text.
 
     python -m pipeline.builtin_corpus --out /tmp/corpus                         # stdlib + dist
     python -m pipeline.builtin_corpus --out /tmp/corpus --site-packages --max-mb 50
+    python -m pipeline.builtin_corpus --out /tmp/dist --sources dist            # one source only
 
 Sizes depend on what is installed (the Python version, the installed packages): stdlib + dist give a few MB,
 enough for a smoke run; --site-packages adds every installed package's docstrings, many times more text,
@@ -125,18 +126,32 @@ def site_package_documents() -> Iterator[tuple[str, str]]:
         yield from _file_documents(root, "site")
 
 
-def write_builtin_corpus(out_dir: str, *, max_bytes: int | None = None,
-                         include_site_packages: bool = False) -> list[str]:
+SOURCES = {"stdlib": stdlib_documents, "dist": distribution_documents, "site": site_package_documents}
+DEFAULT_SOURCES = ("stdlib", "dist")
+
+
+def parse_sources(text: str) -> tuple[str, ...]:
+    """``"stdlib,dist"`` -> ("stdlib", "dist"), in SOURCES order; ValueError naming the unknown ones."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(SOURCES))
+    if not names or unknown:
+        raise ValueError(f"built-in corpus sources {text!r}: choose from {', '.join(SOURCES)} (comma-separated)")
+    return tuple(n for n in SOURCES if n in names)
+
+
+def write_builtin_corpus(out_dir: str, *, max_bytes: int | None = None, include_site_packages: bool = False,
+                         sources: tuple[str, ...] | None = None) -> list[str]:
     """Write the corpus as JSONL.gz files in ``out_dir``; return their paths.
 
+    ``sources`` (names of SOURCES, default stdlib + dist, plus site with ``include_site_packages``) picks what
+    is gathered, so each can also be prepared as a data set of its own (the quickstart blends two).
     ``max_bytes`` bounds the UTF-8 bytes of text written (documents are whole: the last one may cross it).
     """
     if max_bytes is not None and max_bytes <= 0:
         raise ValueError(f"max_bytes={max_bytes}: use a positive number of bytes, or None for everything")
     os.makedirs(out_dir, exist_ok=True)
-    sources = [stdlib_documents(), distribution_documents()]
-    if include_site_packages:
-        sources.append(site_package_documents())
+    names = tuple(sources or DEFAULT_SOURCES) + (("site",) if include_site_packages else ())
+    sources = [SOURCES[name]() for name in SOURCES if name in names]
     paths: list[str] = []
     out = None
     file_bytes = total = 0
@@ -175,11 +190,18 @@ def main(argv=None) -> None:
     parser.add_argument("--max-mb", type=float, default=None, help="stop after this many MB (1e6 bytes) of text")
     parser.add_argument("--site-packages", action="store_true",
                         help="also take docstrings of installed packages, to reach a larger --max-mb")
+    parser.add_argument("--sources", default=",".join(DEFAULT_SOURCES),
+                        help=f"comma-separated sources to gather, of {', '.join(SOURCES)}")
     args = parser.parse_args(argv)
+    try:
+        sources = parse_sources(args.sources)
+    except ValueError as e:
+        parser.error(str(e))
     if args.max_mb is not None and args.max_mb <= 0:
         parser.error(f"--max-mb {args.max_mb}: use a positive number of MB")  # "error: ..." and exit 2
     max_bytes = None if args.max_mb is None else int(args.max_mb * 1e6)
-    paths = write_builtin_corpus(args.out, max_bytes=max_bytes, include_site_packages=args.site_packages)
+    paths = write_builtin_corpus(args.out, max_bytes=max_bytes, include_site_packages=args.site_packages,
+                                 sources=sources)
     documents = text_bytes = 0
     for path in paths:
         with gzip.open(path, "rt", encoding="utf-8") as f:

@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="cap the built-in corpus at this many MB (default: all of it)")
     src.add_argument("--builtin-site-packages", action="store_true",
                      help="add docstrings of installed site-packages to the built-in corpus (more text)")
+    src.add_argument("--builtin-sources", default="stdlib,dist", metavar="NAMES",
+                     help="built-in corpus sources, comma-separated, of stdlib, dist, site (default stdlib,dist)")
     src.add_argument("--hf-dataset", default=None, metavar="NAME_OR_PATH",
                      help="a Hugging Face dataset: a directory saved with save_to_disk, or a hub name (local runs)")
     src.add_argument("--hf-split", default="train", help="split of --hf-dataset")
@@ -166,6 +168,13 @@ def validate_args(args: argparse.Namespace) -> None:
     if not 0 <= args.min_groups <= MAX_SHARDS:
         raise ValueError(f"--min-groups {args.min_groups}: use 0 (automatic) or a count up to {MAX_SHARDS}")
     rule_sets(args.rules)
+    if args.builtin_corpus:
+        from pipeline.builtin_corpus import parse_sources
+
+        try:
+            parse_sources(args.builtin_sources)
+        except ValueError as e:
+            raise ValueError(f"--builtin-sources: {e}") from None
     if args.builtin_corpus_mb is not None and args.builtin_corpus_mb <= 0:
         raise ValueError(f"--builtin-corpus-mb {args.builtin_corpus_mb}: use a positive number of MB")
     for flag, value in (("--text-field", args.text_field), ("--id-field", args.id_field)):
@@ -473,11 +482,12 @@ def prepare(argv: list[str] | None = None) -> Outcome:
     else:
         check_output(args.output, args.overwrite)
     if args.builtin_corpus:
-        from pipeline.builtin_corpus import write_builtin_corpus
+        from pipeline.builtin_corpus import parse_sources, write_builtin_corpus
 
         max_bytes = int(args.builtin_corpus_mb * 1e6) if args.builtin_corpus_mb else None
         corpus = write_builtin_corpus(os.path.join(args.output, layout.CORPUS_DIR), max_bytes=max_bytes,
-                                      include_site_packages=args.builtin_site_packages)
+                                      include_site_packages=args.builtin_site_packages,
+                                      sources=parse_sources(args.builtin_sources))
         for c in corpus:
             sizes[os.path.abspath(c)] = os.path.getsize(c)
         files = sorted(sizes)

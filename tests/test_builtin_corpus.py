@@ -120,3 +120,20 @@ def test_main_reports_and_rejects_bad_sizes(tmp_path, capsys):
     assert os.path.exists(tmp_path / "builtin-00000.jsonl.gz")
     with pytest.raises(ValueError, match="max_bytes"):
         write_builtin_corpus(str(tmp_path), max_bytes=0)
+
+
+def test_each_source_can_be_gathered_alone(tmp_path):
+    """--builtin-sources: the quickstart prepares stdlib and dist as two data sets of their own."""
+    from pipeline.builtin_corpus import parse_sources
+
+    ids = {}
+    for name in ("stdlib", "dist"):
+        paths = write_builtin_corpus(str(tmp_path / name), max_bytes=200_000, sources=(name,))
+        ids[name] = [json.loads(line)["id"] for p in paths for line in gzip.open(p, "rt", encoding="utf-8")]
+        assert ids[name] and all(i.startswith(name + ":") for i in ids[name])
+    both = write_builtin_corpus(str(tmp_path / "both"), max_bytes=200_000)
+    assert [json.loads(line)["id"] for p in both for line in gzip.open(p, "rt", encoding="utf-8")] == ids["stdlib"]
+    assert parse_sources("dist, stdlib") == ("stdlib", "dist")
+    for bad in ("", "web", "stdlib,web"):
+        with pytest.raises(ValueError, match="choose from stdlib, dist, site"):
+            parse_sources(bad)

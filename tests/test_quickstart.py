@@ -41,11 +41,15 @@ def test_quickstart_end_to_end(quickstart_run):
     report = json.loads((out / "report.json").read_text())
     assert all(report["checks"].values()), report["checks"]
 
-    # Data: the manifest accounts for every document and its shards verify.
-    manifest = load_manifest(str(out / "data"), verify=True)
-    docs = manifest["documents"]
-    assert docs["read"] == docs["kept"] + sum(docs["rejected"].values()) and docs["kept"] > 100
-    assert manifest["tokenizer"]["vocab_size"] == 512
+    # Data: one directory per source; each manifest accounts for every document and its shards verify; one
+    # tokenizer for both.
+    manifests = {name: load_manifest(str(out / "data" / name), verify=True) for name in quickstart.SOURCE_NAMES}
+    for manifest in manifests.values():
+        docs = manifest["documents"]
+        assert docs["read"] == docs["kept"] + sum(docs["rejected"].values()) and docs["kept"] > 20
+        assert manifest["tokenizer"]["vocab_size"] == 512
+        assert manifest["tokens"]["val"] > 0
+    assert len({m["tokenizer"]["sha256"] for m in manifests.values()}) == 1
 
     # Training: interrupted by the signal, resumed, every step exactly once, loss fell.
     assert "SIGUSR1 to rank 0" in log and "preempted: exit 75" in log
@@ -54,6 +58,8 @@ def test_quickstart_end_to_end(quickstart_run):
     steps, evals = read_metrics(str(out / "metrics.jsonl"))
     assert [s["step"] for s in steps] == list(range(1, STEPS + 1))
     assert [e["step"] for e in evals] == [8, 16]
+    assert all(sorted(e["val_loss_by_source"]) == sorted(quickstart.SOURCE_NAMES) for e in evals)
+    assert sorted(steps[-1]["tokens_by_source"]) == sorted(quickstart.SOURCE_NAMES)
     assert report["loss_last"] < report["loss_first"]
     assert (out / "logs" / "train-2-rank1.log").exists(), "the resumed start ran both ranks"
     assert (out / "checkpoints" / f"step_{STEPS:08d}" / "COMPLETE").exists()
@@ -68,7 +74,7 @@ def test_quickstart_end_to_end(quickstart_run):
     # Report: the sections and a real PNG image of the curve.
     text = (out / "report.md").read_text()
     for heading in ("## Data", "## Training", "## Export", "## Checks", "too_few_words", "![loss curve](loss.png)",
-                    "tokens/s"):
+                    "tokens/s", "validation loss of `dist`", "weighted blend"):
         assert heading in text, heading
     png = (out / "loss.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
@@ -105,19 +111,22 @@ def test_config_mistakes_fail_before_any_work(tmp_path):
 
 def _fake_quickstart_dir(out):
     """The files a finished quickstart leaves, with stand-in contents."""
-    for rel in ("quickstart.json", "report.md", "metrics.jsonl", "loss.png", "data/manifest.json", "data/tokenizer.model",
-                "data/train/shard-00000-of-00004.bin", "data/train/shard-00000-of-00004.idx",
-                "data/rejected/quality-00000-of-00001.jsonl.gz", "data/_corpus/builtin-00000.jsonl.gz",
+    for rel in ("quickstart.json", "report.md", "metrics.jsonl", "loss.png", "data/stdlib/manifest.json",
+                "data/stdlib/tokenizer.model", "data/dist/train/shard-00000-of-00004.bin",
+                "data/dist/train/shard-00000-of-00004.idx", "data/stdlib/rejected/quality-00000-of-00001.jsonl.gz",
+                "data/dist/_corpus/builtin-00000.jsonl.gz", "data/manifest.json", "data/tokenizer.model",
                 "checkpoints/latest", "checkpoints/zero_to_fp32.py", "checkpoints/step_00000400/COMPLETE", "checkpoints/step_00000400/rng/rank_00000.pt",
-                "hf/model.safetensors", "hf/config.json", "logs/prepare.log", "logs/train-first-rank0.log",
+                "hf/model.safetensors", "hf/config.json", "logs/prepare-stdlib.log", "logs/prepare.log",
+                "logs/train-first-rank0.log",
                 "metrics.jsonl.tmp-123-0a1b2c3d", "monitor/train/Train_Samples_lr.csv"):
         path = out / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("x")
 
 
-@pytest.mark.parametrize("foreign", ["data/notes.md", "data/train/extra.bin", "checkpoints/my_backup/model.pt",
-                                     "hf/README.md", "logs/mine.txt", "notes.txt"])
+@pytest.mark.parametrize("foreign", ["data/notes.md", "data/train/extra.bin", "data/stdlib/notes.md",
+                                     "data/dist/train/extra.bin", "data/web/manifest.json",
+                                     "checkpoints/my_backup/model.pt", "hf/README.md", "logs/mine.txt", "notes.txt"])
 def test_overwrite_refuses_any_file_it_did_not_write_and_deletes_nothing(tmp_path, foreign):
     out = tmp_path / "run"
     _fake_quickstart_dir(out)
@@ -134,7 +143,7 @@ def test_overwrite_removes_exactly_a_quickstart_and_follows_no_link(tmp_path):
     _fake_quickstart_dir(out)
     elsewhere.mkdir()
     (elsewhere / "keep.txt").write_text("mine")
-    (out / "data" / "_corpus" / "builtin-00001.jsonl.gz").symlink_to(elsewhere / "keep.txt")
+    (out / "data" / "dist" / "_corpus" / "builtin-00001.jsonl.gz").symlink_to(elsewhere / "keep.txt")
     quickstart.check_out_dir(str(out), overwrite=True)
     assert list(out.iterdir()) == [] and (elsewhere / "keep.txt").read_text() == "mine"
 

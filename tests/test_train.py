@@ -348,6 +348,7 @@ def test_resume_accepts_the_same_data_prepared_differently_and_allowed_schedule_
     reports it."""
     from launch.checkpoint import find_resume_point
     from launch.config import load_config
+    from launch.blend import Source
     from launch.train import check_resume, data_hashes
 
     point = find_resume_point(zero3_run[0])
@@ -355,7 +356,7 @@ def test_resume_accepts_the_same_data_prepared_differently_and_allowed_schedule_
     manifest["config"] = dict(manifest.get("config", {}), beam_args=["--direct_num_workers", "7"])
     cfg = load_config(TINY, [f"steps={STEPS}", "checkpoint_every=5", "eval_every=5"])
     model_cfg = cfg.decoder_config(VOCAB)
-    assert check_resume(point, cfg, model_cfg, data_hashes(manifest), False, zero3_run[0]) == []
+    assert check_resume(point, cfg, model_cfg, data_hashes([Source(data_dir, 1.0, "data")], [manifest]), False, zero3_run[0]) == []
     longer = load_config(TINY, [f"steps={2 * STEPS}", "checkpoint_every=5", "eval_every=5"])
-    assert check_resume(point, longer, model_cfg, data_hashes(manifest), False, zero3_run[0],
+    assert check_resume(point, longer, model_cfg, data_hashes([Source(data_dir, 1.0, "data")], [manifest]), False, zero3_run[0],
                         allow_schedule_change=True) == [("steps", STEPS, 2 * STEPS)]

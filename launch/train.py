@@ -22,6 +22,7 @@ run the same command again to continue from it. Start-up always resumes from the
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import logging
@@ -160,6 +161,9 @@ def check_resume(point, cfg: TrainConfig, model_cfg: DecoderConfig, hashes: dict
     where = f"resuming {point.path}"
     stored = point.client_state
     saved_model = dict(stored.get("model_config") or {})
+    if saved_model:  # fields added since the checkpoint was written (document_mask, eos_id) take their defaults
+        defaults = {f.name: f.default for f in dataclasses.fields(DecoderConfig)}
+        saved_model = {**{k: v for k, v in defaults.items() if v is not dataclasses.MISSING}, **saved_model}
     ours = model_cfg.to_dict()
     # Recomputation does not change the weights; everything else does.
     diff = sorted(k for k in set(saved_model) | set(ours)
@@ -217,7 +221,8 @@ def evaluate(engine, stream: SampleStream, cfg: TrainConfig, rank: int, world_si
     with torch.no_grad():
         for b in range(cfg.eval_batches):
             for inputs, targets in rank_batch(stream, b, cfg.global_batch, cfg.micro_batch, rank, world_size):
-                total += engine(inputs.to(device), targets.to(device)).double()
+                total += engine(inputs.to(device), targets.to(device),
+                                loss_chunk_tokens=cfg.loss_chunk_tokens).ce.double()   # CE only, no z-loss
                 count += 1
     torch.distributed.all_reduce(total)
     engine.train()
@@ -287,19 +292,24 @@ def _loop(args, cfg, engine, ds, train_stream, val_stream, metrics, stop, client
         for group in engine.optimizer.param_groups:
             group["lr"] = lr
         loss_sum = torch.zeros((), dtype=torch.float32, device=device)
+        z_sum = torch.zeros((), dtype=torch.float32, device=device)
         for inputs, targets in micro_batches:
-            loss = engine(inputs.to(device), targets.to(device))  # scalar fp32 mean CE of this micro-batch
-            engine.backward(loss)  # DeepSpeed divides by the accumulation steps
+            # model.loss.LossParts of this micro-batch: fp32 loss = mean CE + z-loss, and both parts detached
+            parts = engine(inputs.to(device), targets.to(device), loss_chunk_tokens=cfg.loss_chunk_tokens,
+                           z_loss=cfg.z_loss)
+            engine.backward(parts.loss)  # DeepSpeed divides by the accumulation steps
             engine.step()  # an optimizer step only at the accumulation boundary
-            loss_sum += loss.detach().float()
-        # One collective carries both the loss (for logging) and any rank's stop request.
-        packed = torch.stack([loss_sum / len(micro_batches),
+            loss_sum += parts.ce
+            z_sum += parts.z_loss
+        # One collective carries the losses (for logging) and any rank's stop request.
+        packed = torch.stack([loss_sum / len(micro_batches), z_sum / len(micro_batches),
                               torch.tensor(float(stop.requested), device=device)]).double()
         torch.distributed.all_reduce(packed)
-        mean_loss, stopping = packed[0].item() / world_size, packed[1].item() > 0
+        mean_loss, mean_z, stopping = packed[0].item() / world_size, packed[1].item() / world_size, packed[2].item() > 0
         done = step + 1
         grad_norm = _grad_norm(engine)
-        metrics.step(done, mean_loss, lr, grad_norm, tokens_per_step, time.perf_counter() - t0)
+        metrics.step(done, mean_loss, lr, grad_norm, tokens_per_step, time.perf_counter() - t0,
+                     z_loss=mean_z if cfg.z_loss else None)
         # DeepSpeed's monitors (csv/tensorboard/wandb in the DeepSpeed JSON) log only the LR by themselves.
         events = [("Train/Samples/train_loss", mean_loss)]
         if grad_norm is not None:
@@ -344,7 +354,7 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     rank, local_rank, world_size = distributed_env()
     cfg = load_config(args.config, args.set)
     manifest = load_manifest(args.data)
-    model_cfg = cfg.decoder_config(int(manifest["tokenizer"]["vocab_size"]))
+    model_cfg = cfg.decoder_config(int(manifest["tokenizer"]["vocab_size"]), int(manifest["tokenizer"]["eos_id"]))
     train_stream = open_split(args.data, "train", cfg.seq_len, cfg.seed, model_cfg.vocab_size)
     val_stream = None
     if cfg.eval_every:

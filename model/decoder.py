@@ -110,8 +110,8 @@ class DecoderConfig:
             raise ValueError(f"DecoderConfig.eos_id must be null or a token id in [0, vocab_size={self.vocab_size}), "
                              f"got {eos!r}")
         if self.document_mask and eos is None:
-            raise ValueError("DecoderConfig.document_mask needs eos_id, the token that ends each document (launch.train "
-                             "takes it from the data's manifest); set eos_id or document_mask=false")
+            raise ValueError("DecoderConfig.document_mask needs eos_id, the token that ends each document "
+                             "(launch.train takes it from the data's manifest); set eos_id or document_mask=false")
         if self.d_model % self.n_heads:
             raise ValueError(
                 f"DecoderConfig.d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "

@@ -66,8 +66,9 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         wide = _wide(hidden.dtype)
         count = valid.sum().to(wide)                      # 0 gives nan, as F.cross_entropy's mean does
         safe_targets = targets.clamp(min=0)               # ignored rows gather any column, then are masked out
-        ce_sum = torch.zeros((), dtype=wide, device=hidden.device)
-        z_sum = torch.zeros((), dtype=wide, device=hidden.device)
+        # Per-chunk sums, added up at the end in one reduction (pairwise, as one big sum would be) rather than one
+        # by one, so the rounding error does not grow with the number of chunks.
+        ce_sums, z_sums = [], []
         grad_hidden = torch.empty_like(hidden) if need_grad else None
         # fp32 accumulation over chunks: each chunk's product is rounded once to fp32, never to bf16 in between.
         grad_weight = torch.zeros(weight.shape, dtype=wide, device=weight.device) if need_grad else None
@@ -75,24 +76,28 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             end = min(start + chunk_tokens, n)
             h, t, m = hidden[start:end], safe_targets[start:end], valid[start:end]
             logits = F.linear(h, weight).to(wide)                             # (n_c, V) fp32
-            lse = torch.logsumexp(logits, dim=-1)                             # (n_c,)
-            target_logit = logits.gather(1, t[:, None])[:, 0]
+            target_logit = logits.gather(1, t[:, None])[:, 0]                 # (n_c,)
+            # logsumexp computed in place on the chunk, so the chunk's logits are the only (n_c, V) tensor:
+            # exp(logits - rowmax), whose row sums give lse = rowmax + log(sum) and which is softmax * sum.
+            row_max = logits.amax(dim=-1)
+            unnormalized = logits.sub_(row_max[:, None]).exp_()
+            row_sum = unnormalized.sum(dim=-1)
+            lse = row_max + row_sum.log()                                     # (n_c,)
             mf = m.to(wide)
-            ce_sum += ((lse - target_logit) * mf).sum()
-            if z_loss:
-                z_sum += (lse.square() * mf).sum()
+            ce_sums.append(((lse - target_logit) * mf).sum())
+            z_sums.append((lse.square() * mf).sum() if z_loss else lse.new_zeros(()))
             if need_grad:
-                # In place on the chunk's logits: softmax, scaled per row by (1 + 2 z lse) / n_valid (0 when
-                # ignored), minus 1 / n_valid at the target: d(ce + z * mean lse^2) / dlogits.
-                grad = logits.sub_(lse[:, None]).exp_()
-                grad.mul_((mf * (1.0 + 2.0 * z_loss * lse) / count)[:, None])
+                # Still in place: softmax scaled per row by (1 + 2 z lse) / n_valid (0 for ignored rows), minus
+                # 1 / n_valid at the target: d(ce + z * mean lse^2) / dlogits.
+                grad = unnormalized.mul_((mf * (1.0 + 2.0 * z_loss * lse) / (count * row_sum))[:, None])
                 grad.scatter_add_(1, t[:, None], (-mf / count)[:, None])
                 grad = grad.to(hidden.dtype)
                 grad_hidden[start:end] = grad @ weight                        # (n_c, C)
                 grad_weight += grad.t() @ h                                    # (V, C)
-            del logits
-        ce = ce_sum / count
-        z = z_loss * z_sum / count
+                del grad
+            del logits, unnormalized
+        ce = torch.stack(ce_sums).sum() / count
+        z = z_loss * torch.stack(z_sums).sum() / count
         if need_grad:
             ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
         ctx.mark_non_differentiable(ce, z)

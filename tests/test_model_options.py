@@ -280,3 +280,21 @@ def test_chunked_loss_peak_memory_is_a_quarter_of_the_plain_loss():
     assert abs(plain["loss"] - chunked["loss"]) <= 1e-5
     assert max(abs(a - b) for a, b in zip(sum(plain["gh"], []), sum(chunked["gh"], []))) <= 1e-6
     assert abs(plain["gw_sum"] - chunked["gw_sum"]) <= 1e-6 * plain["gw_sum"]
+
+
+def test_resume_check_reads_checkpoints_written_before_the_new_model_fields(tmp_path):
+    """A checkpoint's model_config without document_mask/eos_id (written before they existed) means the defaults:
+    it resumes a run without document masking and refuses one with it, naming the fields."""
+    from types import SimpleNamespace
+
+    from launch.train import check_resume
+
+    cfg = load_config(TINY)
+    model_cfg = cfg.decoder_config(384, data_eos_id=2)
+    old = {k: v for k, v in model_cfg.to_dict().items() if k not in ("document_mask", "eos_id")}
+    point = SimpleNamespace(path=str(tmp_path / "step_00000004"), step=4, consumed_samples=4 * cfg.global_batch,
+                            client_state={"model_config": old, "train_config": cfg.to_dict()})
+    assert check_resume(point, cfg, model_cfg, {}, False, str(tmp_path)) == []
+    masked = load_config(TINY, ["model.document_mask=true"])
+    with pytest.raises(ValueError, match=r"model differs from the checkpoint's in \['document_mask', 'eos_id'\]"):
+        check_resume(point, masked, masked.decoder_config(384, data_eos_id=2), {}, False, str(tmp_path))

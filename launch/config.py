@@ -72,6 +72,12 @@ class TrainConfig:
     # entries are a weighted blend (launch.blend). Weights are shares of samples, of any scale.
     data: list = field(default_factory=list)
     max_source_epochs: float = 10.0  # warn when a blended source would be read more times than this
+    # The LM head + cross-entropy in chunks of this many tokens (model/loss.py), so the (tokens x vocab) fp32
+    # logits never exist whole; 0 = unchunked. 1024 tokens keep one chunk's fp32 logits at 1024 * V * 4 bytes
+    # (131 MB at V=32k, 0.5 GB at Llama 3's 128k) while each chunk's matmul (1024 x d_model x V) stays large
+    # enough to run at full speed; the loss and gradients equal the unchunked ones up to summation order.
+    loss_chunk_tokens: int = 1024
+    z_loss: float = 0.0              # z-loss coefficient: + z_loss * mean(logsumexp(logits)^2); 0 = off, OLMo 1e-4
 
     # ------------------------------------------------------------------------------------------- validation
 
@@ -90,7 +96,7 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{where}: {name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "eval_every", "checkpoint_every", "eval_batches", "seed"):
+        for name in ("warmup_steps", "eval_every", "checkpoint_every", "eval_batches", "seed", "loss_chunk_tokens"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{where}: {name} must be >= 0, got {getattr(self, name)}")
         if self.eval_every and self.eval_batches < 1:
@@ -99,6 +105,8 @@ class TrainConfig:
             raise ValueError(f"{where}: lr must be > 0, got {self.lr}")
         if not 0 <= self.min_lr <= self.lr:
             raise ValueError(f"{where}: min_lr must be in [0, lr={self.lr}], got {self.min_lr}")
+        if not 0 <= self.z_loss < math.inf:
+            raise ValueError(f"{where}: z_loss must be a number >= 0 (0 = off; OLMo uses 1e-4), got {self.z_loss}")
         if self.weight_decay < 0 or self.grad_clip < 0 or not self.eps > 0:
             raise ValueError(f"{where}: weight_decay and grad_clip must be >= 0 and eps > 0")
         if (not isinstance(self.betas, (list, tuple)) or len(self.betas) != 2
@@ -125,17 +133,25 @@ class TrainConfig:
                                  f"set {_DERIVED_MODEL_FIELDS[key]} instead")
             if key != "size" and key not in fields:
                 raise ValueError(f"{where}: unknown key model.{key}{_suggest(key, sorted(fields | {'size'}))}")
-        # Build once with a stand-in vocabulary so DecoderConfig's own checks run now, not after start-up.
-        self.decoder_config(self.model.get("vocab_size") or 256).validate()
+        # Build once with a stand-in vocabulary and EOS id so DecoderConfig's own checks run now, not after start-up.
+        eos = self.model.get("eos_id")
+        stand_in_vocab = max(256, eos + 1 if isinstance(eos, int) else 0)
+        self.decoder_config(self.model.get("vocab_size") or stand_in_vocab, data_eos_id=0).validate()
 
     # --------------------------------------------------------------------------------------------- derived
 
-    def decoder_config(self, data_vocab_size: int) -> DecoderConfig:
-        """The model: the named size, then the overrides; vocab_size defaults to the data's vocabulary."""
+    def decoder_config(self, data_vocab_size: int, data_eos_id: int | None = None) -> DecoderConfig:
+        """The model: the named size, then the overrides; vocab_size defaults to the data's vocabulary, and with
+        document_mask eos_id defaults to the data's EOS id (it stays null otherwise, so the model config of a
+        run without document masking does not depend on the tokenizer's EOS)."""
         kwargs = {k: v for k, v in SIZES[self.model["size"]].items() if k not in ("vocab_size", "max_seq_len")}
         kwargs.update({k: v for k, v in self.model.items() if k != "size"})
         if kwargs.get("vocab_size") is None:
             kwargs["vocab_size"] = data_vocab_size
+        if kwargs.get("document_mask") is True and kwargs.get("eos_id") is None:
+            if data_eos_id is None:
+                raise ValueError("model.document_mask needs the EOS id of the data's tokenizer; set model.eos_id")
+            kwargs["eos_id"] = data_eos_id
         kwargs["max_seq_len"] = self.seq_len
         cfg = DecoderConfig(**kwargs)
         cfg.validate()
@@ -293,6 +309,7 @@ def main(argv=None) -> int:
     parser.add_argument("ds_config")
     parser.add_argument("--world-size", type=int, default=1)
     parser.add_argument("--vocab-size", type=int, default=32000, help="stand-in for the data's vocabulary")
+    parser.add_argument("--eos-id", type=int, default=2, help="stand-in for the data's EOS id (model.document_mask)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     try:
@@ -301,7 +318,7 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError) as e:  # the config mistakes this command exists to find
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    print(json.dumps({"train": cfg.to_dict(), "model": cfg.decoder_config(args.vocab_size).to_dict(),
+    print(json.dumps({"train": cfg.to_dict(), "model": cfg.decoder_config(args.vocab_size, args.eos_id).to_dict(),
                       "deepspeed": ds}, indent=2))
     return 0
 

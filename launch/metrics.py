@@ -175,9 +175,11 @@ class MetricsLogger:
         return max(self.total_steps - step, 0) * per_step
 
     def step(self, step: int, loss: float, lr: float, grad_norm: float | None, tokens: int, seconds: float,
-             tokens_by_source: dict[str, int] | None = None) -> None:
-        """Record optimizer step ``step`` (completed steps, 1-based); a blend also gives the tokens each source has
-        contributed so far (cumulative, like ``tokens``)."""
+             tokens_by_source: dict[str, int] | None = None, z_loss: float | None = None) -> None:
+        """Record optimizer step ``step`` (completed steps, 1-based). ``loss`` is the mean cross-entropy; with
+        z-loss on, ``z_loss`` is the z-loss term that was added to it for the backward (logged on its own, so the
+        loss stays comparable with val_loss and with runs without z-loss). A blend also gives the tokens each
+        source has contributed so far (cumulative, like ``tokens``)."""
         if not self.enabled:
             return
         self.tokens_total += int(tokens)
@@ -190,6 +192,7 @@ class MetricsLogger:
         record = {
             "step": step,
             "loss": _finite_or_none(loss),
+            **({"z_loss": _finite_or_none(z_loss)} if z_loss is not None else {}),
             "lr": lr,
             "grad_norm": _finite_or_none(grad_norm),
             "tokens": self.tokens_total,
@@ -207,7 +210,7 @@ class MetricsLogger:
 
         if step % self.log_every and step != self.total_steps:
             return
-        parts = [f"loss {loss:.2f}", f"lr {format_lr(lr)}"]
+        parts = [f"loss {loss:.2f}", *([f"z {z_loss:.2g}"] if z_loss is not None else []), f"lr {format_lr(lr)}"]
         if grad_norm is not None:
             parts.append(f"gnorm {grad_norm:.2f}")
         parts.append(f"{format_count(tokens_per_s) if math.isfinite(tokens_per_s) else '?'} tok/s")

@@ -169,6 +169,9 @@ def check_resume(point, cfg: TrainConfig, model_cfg: DecoderConfig, hashes: dict
     where = f"resuming {point.path}"
     stored = point.client_state
     saved_model = dict(stored.get("model_config") or {})
+    if saved_model:  # fields added since the checkpoint was written (document_mask, eos_id) take their defaults
+        defaults = {f.name: f.default for f in dataclasses.fields(DecoderConfig)}
+        saved_model = {**{k: v for k, v in defaults.items() if v is not dataclasses.MISSING}, **saved_model}
     ours = model_cfg.to_dict()
     # Recomputation does not change the weights; everything else does.
     diff = sorted(k for k in set(saved_model) | set(ours)
@@ -234,7 +237,8 @@ def evaluate(engine, stream, cfg: TrainConfig, rank: int, world_size: int, devic
     with torch.no_grad():
         for b in range(cfg.eval_batches):
             for inputs, targets in rank_batch(stream, b, cfg.global_batch, cfg.micro_batch, rank, world_size):
-                total += engine(inputs.to(device), targets.to(device)).double()
+                total += engine(inputs.to(device), targets.to(device),
+                                loss_chunk_tokens=cfg.loss_chunk_tokens).ce.double()   # CE only, no z-loss
                 count += 1
     torch.distributed.all_reduce(total)
     engine.train()
@@ -314,22 +318,26 @@ def _loop(args, cfg, engine, ds, train_stream, val_streams, metrics, stop, clien
         for group in engine.optimizer.param_groups:
             group["lr"] = lr
         loss_sum = torch.zeros((), dtype=torch.float32, device=device)
+        z_sum = torch.zeros((), dtype=torch.float32, device=device)
         for inputs, targets in micro_batches:
-            loss = engine(inputs.to(device), targets.to(device))  # scalar fp32 mean CE of this micro-batch
-            engine.backward(loss)  # DeepSpeed divides by the accumulation steps
+            # model.loss.LossParts of this micro-batch: fp32 loss = mean CE + z-loss, and both parts detached
+            parts = engine(inputs.to(device), targets.to(device), loss_chunk_tokens=cfg.loss_chunk_tokens,
+                           z_loss=cfg.z_loss)
+            engine.backward(parts.loss)  # DeepSpeed divides by the accumulation steps
             engine.step()  # an optimizer step only at the accumulation boundary
-            loss_sum += loss.detach().float()
-        # One collective carries both the loss (for logging) and any rank's stop request.
-        packed = torch.stack([loss_sum / len(micro_batches),
+            loss_sum += parts.ce
+            z_sum += parts.z_loss
+        # One collective carries the losses (for logging) and any rank's stop request.
+        packed = torch.stack([loss_sum / len(micro_batches), z_sum / len(micro_batches),
                               torch.tensor(float(stop.requested), device=device)]).double()
         torch.distributed.all_reduce(packed)
-        mean_loss, stopping = packed[0].item() / world_size, packed[1].item() > 0
+        mean_loss, mean_z, stopping = packed[0].item() / world_size, packed[1].item() / world_size, packed[2].item() > 0
         done = step + 1
         grad_norm = _grad_norm(engine)
         by_source = train_stream.tokens_before(done * cfg.global_batch) if isinstance(train_stream, BlendedStream) \
             else None  # a pure function of the step, like the data order
         metrics.step(done, mean_loss, lr, grad_norm, tokens_per_step, time.perf_counter() - t0,
-                     tokens_by_source=by_source)
+                     tokens_by_source=by_source, z_loss=mean_z if cfg.z_loss else None)
         # DeepSpeed's monitors (csv/tensorboard/wandb in the DeepSpeed JSON) log only the LR by themselves.
         events = [("Train/Samples/train_loss", mean_loss)]
         if grad_norm is not None:
@@ -381,7 +389,7 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
         sources = check_sources(sources_from_config(cfg.data, args.config))
     manifests = load_manifests(sources)
     manifest = manifests[0]
-    model_cfg = cfg.decoder_config(int(manifest["tokenizer"]["vocab_size"]))
+    model_cfg = cfg.decoder_config(int(manifest["tokenizer"]["vocab_size"]), int(manifest["tokenizer"]["eos_id"]))
     train_stream = open_blend(sources, "train", cfg.seq_len, cfg.seed, model_cfg.vocab_size)
     val_streams = None
     if cfg.eval_every:

@@ -9,6 +9,9 @@ fused projections, no permutation):
     Attention: causal, rotary position embedding in the "rotate_half" layout (the first half of each head's
     dimensions pairs with the second half), grouped-query attention when n_kv_heads < n_heads,
     torch.nn.functional.scaled_dot_product_attention. No biases anywhere.
+    With document_mask (training on packed sequences, model/documents.py): attention stays inside each
+    EOS-terminated document and rotary positions restart at each document; without a KV cache only, so
+    generation is unaffected.
 
 Weights are created and initialized inside the constructor of the module that owns them (never touched from
 outside afterwards), so the model builds on the meta device and under deepspeed.zero.Init, which partitions each
@@ -36,7 +39,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.flex_attention import BlockMask
 from torch.utils.checkpoint import checkpoint
+
+from model.documents import document_ids, document_mask, document_positions, flex_document_attention
+from model.loss import linear_cross_entropy
 
 # Llama rounds the SwiGLU width (2/3 of 4 * d_model, so the three matrices cost what two 4x matrices would) up to
 # a multiple of 256 for efficient matmul tiles; with it, d_model=4096 gives Llama-2-7B's 11008.
@@ -65,6 +72,9 @@ class DecoderConfig:
     tie_embeddings: bool = True     # LM head shares the token embedding matrix
     activation_checkpointing: bool = False   # recompute each block in backward (saves activation memory)
     init_std: float = 0.02          # std of every weight matrix at init; output projections get std/sqrt(2*n_layers)
+    document_mask: bool = False     # packed sequences: attend within EOS-terminated documents, positions restart
+    eos_id: int | None = None       # the id that ends a document; needed by document_mask (launch fills it from
+                                    # the data's tokenizer), unused otherwise
 
     @property
     def kv_heads(self) -> int:
@@ -92,9 +102,16 @@ class DecoderConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"DecoderConfig.{name} must be a positive number, got {value!r}")
-        for name in ("tie_embeddings", "activation_checkpointing"):
+        for name in ("tie_embeddings", "activation_checkpointing", "document_mask"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"DecoderConfig.{name} must be true or false, got {getattr(self, name)!r}")
+        eos = self.eos_id
+        if eos is not None and (isinstance(eos, bool) or not isinstance(eos, int) or not 0 <= eos < self.vocab_size):
+            raise ValueError(f"DecoderConfig.eos_id must be null or a token id in [0, vocab_size={self.vocab_size}), "
+                             f"got {eos!r}")
+        if self.document_mask and eos is None:
+            raise ValueError("DecoderConfig.document_mask needs eos_id, the token that ends each document "
+                             "(launch.train takes it from the data's manifest); set eos_id or document_mask=false")
         if self.d_model % self.n_heads:
             raise ValueError(
                 f"DecoderConfig.d_model={self.d_model} is not divisible by n_heads={self.n_heads}; "
@@ -249,7 +266,8 @@ class Attention(nn.Module):
         _normal_(self.wo, cfg.init_std / math.sqrt(2 * cfg.n_layers))
 
     def forward(self, x, cos, sin, mask, cache: KVCache | None):
-        # x (B, T, C); cos/sin (T, D) or (B, 1, T, D); mask None (causal) or bool (B, 1, T, S), True = attend
+        # x (B, T, C); cos/sin (T, D) or (B, 1, T, D); mask None (causal), bool (B, 1, T, S) with True = attend,
+        # or a FlexAttention BlockMask (document_mask off the CPU, no cache)
         b, t, _ = x.shape
         h, k_heads, d = self.n_heads, self.n_kv_heads, self.head_dim
         q, k, v = F.linear(x, self.wqkv).split([h * d, k_heads * d, k_heads * d], dim=-1)
@@ -263,7 +281,9 @@ class Attention(nn.Module):
             cache.v[self.layer_id][:, :, start:start + t] = v
             k = cache.k[self.layer_id][:, :, :start + t]       # (B, K, S, D), S = start + T
             v = cache.v[self.layer_id][:, :, :start + t]
-        if mask is None:
+        if isinstance(mask, BlockMask):
+            y = flex_document_attention(q, k, v, mask)
+        elif mask is None:
             # Training, or a cache prefill from position 0 without padding, or one decode step: plain causal.
             causal = t > 1
             y = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=k_heads != h)
@@ -344,12 +364,22 @@ class Decoder(nn.Module):
                              f"got min {target_range[0]} max {target_range[1]}")
 
     def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None, *,
-                cache: KVCache | None = None, pad_mask: torch.Tensor | None = None):
+                cache: KVCache | None = None, pad_mask: torch.Tensor | None = None,
+                loss_chunk_tokens: int | None = None, z_loss: float = 0.0):
         """tokens (B, T) long -> logits (B, T, V); with targets (B, T) -> scalar fp32 mean CE (ignore_index=-1).
 
+        With targets and loss_chunk_tokens set (0 = unchunked, the plain loss): a model.loss.LossParts instead,
+        computed by model.loss.linear_cross_entropy in chunks of that many tokens and with z_loss (the z-loss
+        coefficient): loss = ce + z-loss for backward, and both parts detached for logging.
+
         Incremental decoding: pass a KVCache; tokens are appended at cache.length. pad_mask (B, T) bool marks
-        real tokens (False = left padding) and is only meaningful with a cache.
+        real tokens (False = left padding) and is only meaningful with a cache. document_mask applies only
+        without a cache: cached decoding attends causally over the whole cache, as before.
         """
+        if loss_chunk_tokens is None and z_loss:
+            raise ValueError("Decoder: z_loss needs loss_chunk_tokens (0 for the plain loss) and targets")
+        if loss_chunk_tokens is not None and targets is None:
+            raise ValueError("Decoder: loss_chunk_tokens and z_loss apply to the loss; pass targets")
         self._check_ids(tokens, targets)
         b, t = tokens.shape
         start = 0 if cache is None else cache.length
@@ -364,7 +394,13 @@ class Decoder(nn.Module):
         if cache is None:
             if pad_mask is not None:
                 raise ValueError("Decoder: pad_mask needs a KVCache (left padding is for batched generation)")
-            cos, sin = rope_tables(self.cfg, torch.arange(t, device=tokens.device), x.dtype)   # (T, D)
+            if self.cfg.document_mask:
+                positions = document_positions(tokens, self.cfg.eos_id)                  # (B, T)
+                cos, sin = rope_tables(self.cfg, positions, x.dtype)
+                cos, sin = cos[:, None], sin[:, None]                                  # (B, 1, T, D)
+                mask = document_mask(document_ids(tokens, self.cfg.eos_id))            # one for all layers
+            else:
+                cos, sin = rope_tables(self.cfg, torch.arange(t, device=tokens.device), x.dtype)   # (T, D)
         else:
             if pad_mask is not None:
                 cache.valid[:, start:start + t] = pad_mask
@@ -391,7 +427,11 @@ class Decoder(nn.Module):
         if cache is not None:
             cache.length = start + t
         x = self.norm(x)
-        logits = F.linear(x, self.embedding if self.lm_head is None else self.lm_head)   # (B, T, V)
+        head = self.embedding if self.lm_head is None else self.lm_head                  # (V, C)
+        if loss_chunk_tokens is not None:
+            return linear_cross_entropy(x.reshape(b * t, -1), head, targets.reshape(-1),
+                                        chunk_tokens=loss_chunk_tokens, z_loss=z_loss)
+        logits = F.linear(x, head)                                                       # (B, T, V)
         if targets is None:
             return logits
         return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)

@@ -59,6 +59,18 @@ def test_jsonl_fields_and_step_line(tmp_path, capsys):
     assert out[3].startswith("step 3/10 | loss nan | lr 2.0e-4 | gnorm inf")
 
 
+def test_z_loss_is_its_own_field_and_log_entry(tmp_path, capsys):
+    log = MetricsLogger(str(tmp_path), rank=0, total_steps=10, flops_per_token=6e6, world_size=1)
+    log.step(1, loss=3.4149, lr=3e-4, grad_norm=0.5, tokens=4096, seconds=1.0, z_loss=0.00123)
+    log.step(2, loss=3.3, lr=3e-4, grad_norm=0.5, tokens=4096, seconds=1.0, z_loss=float("nan"))
+    log.close()
+    first, second = strict_lines(tmp_path / METRICS_NAME)
+    assert first["loss"] == pytest.approx(3.4149) and first["z_loss"] == pytest.approx(0.00123)
+    assert second["z_loss"] is None
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("step 1/10 | loss 3.41 | z 0.0012 | lr 3.0e-4"), out[0]
+
+
 def test_log_every_and_other_ranks(tmp_path, capsys):
     log = MetricsLogger(str(tmp_path), rank=0, total_steps=7, flops_per_token=1.0, world_size=1, log_every=3)
     for step in range(1, 8):

@@ -299,3 +299,42 @@ def test_export_from_two_rank_zero3_run(data_dir, reference, tmp_path):
     printed = res.stdout.split("\n" + "-" * 40 + "\n")[0]  # the text, then a separator line (logs may precede it)
     assert printed.endswith("\n" + expected) or printed == expected, (res.stdout, expected)
     assert len(expected) > len(prompt), "greedy decoding should add text"
+
+
+# The run-config model options all on at once: document-masked attention (EOS id from the data), the chunked loss
+# in 3 chunks per 2 x 64-token micro-batch (the last one partial), and z-loss.
+OPTION_SETS = ["model.document_mask=true", "loss_chunk_tokens=48", "z_loss=1e-4"]
+
+
+def _step_lines(run_dir) -> dict:
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    return {r["step"]: (r["loss"], r["z_loss"]) for r in records if "loss" in r}
+
+
+def test_model_options_sigusr1_stop_and_bit_exact_resume(data_dir, reference, tmp_path):
+    options_reference = str(tmp_path / "options_reference")
+    _train(data_dir, options_reference, ["checkpoint_every=100", *OPTION_SETS])
+    ref_steps, ref_val = _step_lines(options_reference), _metrics(options_reference)[1]
+    assert sorted(ref_steps) == list(range(1, STEPS + 1)) and sorted(ref_val) == [4, 8]
+    assert all(0 < z < 1e-2 for _, z in ref_steps.values()), ref_steps    # z-loss logged on its own
+    assert ref_steps[STEPS][0] < ref_steps[1][0], "the tiny model must learn"
+    # The options change the computation: the losses differ from the plain reference's (same data, same init).
+    assert [ref_steps[s][0] for s in sorted(ref_steps)] != [_metrics(reference)[0][s] for s in sorted(ref_steps)]
+    with open(os.path.join(options_reference, "checkpoints", "step_00000008", "model_config.json")) as f:
+        model_config = json.load(f)
+    assert model_config["document_mask"] is True and model_config["eos_id"] == 2
+
+    run_dir = str(tmp_path / "options_sigusr1")
+    procs = _start(data_dir, run_dir, ["checkpoint_every=100", *OPTION_SETS])
+    metrics = os.path.join(run_dir, "metrics.jsonl")
+    _wait_for(lambda: os.path.exists(metrics) and open(metrics).read().count('"loss"') >= 2, procs, "step 2")
+    os.kill(procs[0].pid, signal.SIGUSR1)
+    _wait(procs, run_dir, expect=75)
+    stopped = max(_step_lines(run_dir))
+    assert 2 <= stopped < STEPS, f"stopped at step {stopped}"
+
+    _train(data_dir, run_dir, ["checkpoint_every=100", *OPTION_SETS], tag="resume")
+    assert "resumed from" in _logs(run_dir, "resume")
+    assert _step_lines(run_dir) == ref_steps, "losses and z-losses after resume must equal the uninterrupted run's"
+    assert _metrics(run_dir)[1] == ref_val

@@ -67,6 +67,7 @@ class TrainConfig:
     keep_checkpoints: int = 3        # complete checkpoints kept on disk
     log_every: int = 1               # print a step line every N steps (metrics.jsonl gets every step)
     seed: int = 1234                 # model init, data order (with the step) and per-rank RNG streams
+    compile: bool = False            # torch.compile each block (launch/compiled.py); eager with a warning if unusable
 
     # ------------------------------------------------------------------------------------------- validation
 
@@ -88,6 +89,8 @@ class TrainConfig:
         for name in ("warmup_steps", "eval_every", "checkpoint_every", "eval_batches", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{where}: {name} must be >= 0, got {getattr(self, name)}")
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"{where}: compile must be true or false, got {self.compile!r}")
         if self.eval_every and self.eval_batches < 1:
             raise ValueError(f"{where}: eval_every={self.eval_every} needs eval_batches >= 1 (or set eval_every=0)")
         if not self.lr > 0:

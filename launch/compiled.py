@@ -64,6 +64,10 @@ def probe(cfg: DecoderConfig, device: torch.device, dtype: torch.dtype) -> str |
             compiled.eager("")
         except Exception as e:  # noqa: BLE001 -- see the docstring: any failure means "run eagerly"
             return f"{type(e).__name__}: {_first_line(e)}"
+        finally:
+            # Forget the probe's graphs: otherwise the run's first, differently shaped call would be taken as a
+            # shape change and compiled for dynamic shapes.
+            torch.compiler.reset()
     return None
 
 

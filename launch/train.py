@@ -147,6 +147,40 @@ def build_model(model_cfg: DecoderConfig, ds: dict, seed: int) -> Decoder:
     return Decoder(model_cfg)
 
 
+def build_engine(cfg: TrainConfig, model_cfg: DecoderConfig, ds: dict, rank: int, init_weights: bool = False,
+                 init_state: dict | None = None):
+    """(DeepSpeed engine, CompiledBlocks or None): the model exactly as training runs it (benchmarks use it too).
+
+    compile: the probe runs first, before the model exists, so its own model and compilation never share memory
+    with the run's. init_weights (the same on every rank; collective under ZeRO-3): write --init-from's weights,
+    `init_state` on rank 0, before DeepSpeed takes the model.
+    """
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    compiling = False
+    if cfg.compile:
+        device = torch.device(get_accelerator().current_device_name())
+        compiling = probe_all_ranks(model_cfg, device, _train_dtype(ds), rank)
+    model = build_model(model_cfg, ds, cfg.seed)
+    if init_weights:
+        load_weights(model, init_state, ds, rank)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=build_optimizer(
+        param_groups(model, cfg.weight_decay), cfg, ds), config=ds)
+    # Compilation is lazy: the forwards are only replaced here, so loading a checkpoint afterwards is unaffected
+    # and a resumed run compiles the same graphs (compiled runs resume bit-exactly too).
+    return engine, (CompiledBlocks(engine.module.blocks, rank) if compiling else None)
+
+
+def _train_dtype(ds: dict) -> torch.dtype:
+    """The dtype DeepSpeed gives the module's weights and activations."""
+    if ds.get("bf16", {}).get("enabled"):
+        return torch.bfloat16
+    return torch.float16 if ds.get("fp16", {}).get("enabled") else torch.float32
+
+
+# ------------------------------------------------------------------- continued pretraining (--init-from)
+
 def load_weights(model: Decoder, state: dict | None, ds: dict, rank: int) -> None:
     """Write rank 0's `state` (our keys, fp32) into a freshly built model, before deepspeed.initialize (whose
     optimizer takes its fp32 master copy from the module's weights then).
@@ -335,18 +369,10 @@ def train(args, cfg: TrainConfig, model_cfg: DecoderConfig, ds: dict, point, has
           init_state: dict | None = None) -> int:
     """init_state: --init-from's weights (rank 0; None elsewhere), written into the model before DeepSpeed
     takes it; ignored when resuming."""
-    import deepspeed
     from deepspeed.accelerator import get_accelerator
 
-    compiling = False
-    if cfg.compile:  # before the model exists: the probe's own model and compilation never share memory with it
-        device = torch.device(get_accelerator().current_device_name())
-        compiling = probe_all_ranks(model_cfg, device, _train_dtype(ds), rank)
-    model = build_model(model_cfg, ds, cfg.seed)
-    if args.init_from is not None and point is None:
-        load_weights(model, init_state, ds, rank)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=build_optimizer(
-        param_groups(model, cfg.weight_decay), cfg, ds), config=ds)
+    engine, compiled = build_engine(cfg, model_cfg, ds, rank, args.init_from is not None and point is None,
+                                    init_state)
     if rank == 0:
         print(f"model: {count_params(model_cfg) / 1e6:.2f}M params | world {world_size} | ZeRO-{zero_stage(ds)} | "
               f"global batch {cfg.global_batch} x {cfg.seq_len} tokens | micro {cfg.micro_batch} x "
@@ -364,8 +390,6 @@ def train(args, cfg: TrainConfig, model_cfg: DecoderConfig, ds: dict, point, has
         # stochastic piece comes later). On resume the checkpoint restored them instead.
         seed_everything(cfg.seed * 1_000_003 + rank + 1)
 
-    # After load: a resumed run compiles the same way, so compiled runs resume bit-exactly too.
-    compiled = CompiledBlocks(engine.module.blocks, rank) if compiling else None
     if rank == 0 and cfg.compile:
         print(f"compile: {'blocks compiled with torch.compile' if compiled else 'eager (see the warning above)'}",
               flush=True)
@@ -389,13 +413,6 @@ def train(args, cfg: TrainConfig, model_cfg: DecoderConfig, ds: dict, point, has
                      rank, world_size, compiled)
     finally:
         metrics.close()
-
-
-def _train_dtype(ds: dict) -> torch.dtype:
-    """The dtype DeepSpeed gives the module's weights and activations."""
-    if ds.get("bf16", {}).get("enabled"):
-        return torch.bfloat16
-    return torch.float16 if ds.get("fp16", {}).get("enabled") else torch.float32
 
 
 def _loop(args, cfg, engine, ds, train_stream, val_stream, metrics, stop, client_state, start_step, rank,

@@ -275,3 +275,28 @@ def test_zero3_training_starts_from_the_hf_weights_and_resumes_without_them(unti
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "resumed from" in proc.stdout and "is not read" in proc.stdout
     assert open(out / "checkpoints" / "latest").read().strip() == "step_00000003"
+
+
+def test_command_line_mistakes_are_one_error_line_and_exit_2(untied_dir, tmp_path):
+    """launch.train with a refused config.json, and model.hf_import without a model: `error: ...`, status 2."""
+    data = random_data_dir(tmp_path / "data", vocab=VOCAB)
+    hf_dir = tmp_path / "hf"
+    shutil.copytree(untied_dir, hf_dir)
+    raw = json.load(open(hf_dir / "config.json"))
+    json.dump(dict(raw, rope_scaling={"rope_type": "dynamic", "factor": 2.0}), open(hf_dir / "config.json", "w"))
+    env = dict(os.environ, DS_ACCELERATOR="cpu", PYTHONPATH=ROOT)
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    runs = [
+        (["launch.train", "--data", str(data), "--config", TINY, "--ds-config",
+          os.path.join(ROOT, "ds_configs", "zero3_bf16.json"), "--out", str(tmp_path / "run"), "--init-from",
+          str(hf_dir)], "rope_scaling="),
+        (["model.hf_import", "--hf-dir", str(tmp_path / "nothing"), "--out", str(tmp_path / "x.pt")],
+         "config.json not found"),
+    ]
+    for args, expected in runs:
+        proc = subprocess.run([sys.executable, "-m", *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        assert proc.stderr.startswith("error: ") and expected in proc.stderr, proc.stderr
+    assert not (tmp_path / "run").exists() and not (tmp_path / "x.pt").exists()

@@ -62,12 +62,11 @@ def probe(cfg: DecoderConfig, device: torch.device, dtype: torch.dtype) -> str |
             tokens = torch.randint(0, cfg.vocab_size, (1, min(8, cfg.max_seq_len) + 1), device=device)
             model(tokens[:, :-1], tokens[:, 1:]).backward()
             compiled.eager("")
-        except Exception as e:  # noqa: BLE001 -- see the docstring: any failure means "run eagerly"
-            return f"{type(e).__name__}: {_first_line(e)}"
-        finally:
             # Forget the probe's graphs: otherwise the run's first, differently shaped call would be taken as a
             # shape change and compiled for dynamic shapes.
             torch.compiler.reset()
+        except Exception as e:  # noqa: BLE001 -- see the docstring: any failure means "run eagerly"
+            return f"{type(e).__name__}: {_first_line(e)}"
     return None
 
 

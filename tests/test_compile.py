@@ -3,12 +3,14 @@
     DS_ACCELERATOR=cpu python -m pytest tests/test_compile.py -q
 
 Inductor compiles C++ on CPU (gcc), so everything here runs on a CPU machine; a compile of the tiny model takes
-tens of seconds there. An unusable toolchain is made real, not mocked: inductor's C++ compiler is pointed at a
-path that does not exist (CXX in the environment, or inductor's own config in-process) with its caches off, so
-nothing compiled earlier can hide the failure.
+tens of seconds there. An unusable toolchain is made real, not mocked, with inductor's caches off so that nothing
+compiled earlier can hide it: in-process, inductor's C++ compiler setting names a path that does not exist; in the
+2-process run, a `g++` that always fails comes first on PATH (inductor calls g++; DeepSpeed builds its own CPU
+ops with c++, which stays intact).
 """
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,7 +33,6 @@ SETS = [f"steps={STEPS}", "eval_every=0", f"checkpoint_every={STEPS}"]
 # bf16: the compiled kernels keep fused intermediates in fp32 where eager rounds each op's output to bf16, so
 # the curves drift apart by bf16 rounding (relative 2^-8 per op) while both fall the same way.
 BF16_TOLERANCE = 0.02  # max abs difference of the per-step loss over 20 steps (losses are ~5.5)
-NO_COMPILER = {"CXX": "/nonexistent/g++", "TORCHINDUCTOR_FORCE_DISABLE_CACHES": "1"}
 
 
 # ------------------------------------------------------------------------------------- in one process
@@ -183,8 +184,13 @@ def test_without_a_compiler_the_run_warns_and_trains_eagerly(data_dir, zero3_fp3
     sets = ["steps=4", "eval_every=0", "checkpoint_every=4"]
     _train(data_dir, tmp_path / "eager", zero3_fp32, sets)
     eager = _losses(tmp_path / "eager")
-    proc = _train(data_dir, tmp_path / "run", zero3_fp32, [*sets, "compile=true"], env=NO_COMPILER)
+    broken = tmp_path / "broken_gxx"
+    broken.mkdir()
+    os.symlink(shutil.which("false"), broken / "g++")
+    env = {"PATH": f"{broken}{os.pathsep}{os.environ['PATH']}", "TORCHINDUCTOR_FORCE_DISABLE_CACHES": "1"}
+    proc = _train(data_dir, tmp_path / "run", zero3_fp32, [*sets, "compile=true"], env=env)
     assert "torch.compile does not work here" in proc.stderr and "training continues eagerly" in proc.stderr
+    assert "C++ compiler" in proc.stderr  # the reason is named
     assert "compile: eager" in proc.stdout
     assert _losses(tmp_path / "run") == eager
 

@@ -12,8 +12,10 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -214,23 +216,54 @@ def test_run_config_model_section_and_data_vocabulary(untied_dir, tmp_path, monk
 
 # ------------------------------------------------------------------------------------- a real training run
 
-def _torchrun(data, out, hf_dir, ds, sets, extra=()) -> subprocess.CompletedProcess:
+def _env(**extra) -> dict:
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")}
     env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           f"--master_port={free_port()}", "-m", "launch.train", "--data", str(data), "--config", TINY,
-           "--ds-config", ds, "--out", str(out), "--init-from", hf_dir, "--dist-timeout", "120", *extra]
+    env.update(extra)
+    return env
+
+
+def _start(data, out, hf_dir, ds, sets, pause=None) -> list[subprocess.Popen]:
+    """2 ranks of launch.train --init-from, started the way srun starts them (the test holds every pid);
+    `pause` ("SECONDS@STEP") holds both inside that step's save (tests/pause_in_save.py)."""
+    port = str(free_port())
+    start = ["-m"] if pause is None else [os.path.join(ROOT, "tests", "pause_in_save.py"), pause]
+    cmd = [sys.executable, *start, "launch.train", "--data", str(data), "--config", TINY, "--ds-config", ds,
+           "--out", str(out), "--init-from", hf_dir, "--dist-timeout", "120"]
     for s in sets:
         cmd += ["--set", s]
-    return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=400)
+    os.makedirs(out, exist_ok=True)
+    return [subprocess.Popen(cmd, cwd=ROOT, stdout=open(os.path.join(out, f"rank{r}.log"), "a"),
+                             stderr=subprocess.STDOUT,
+                             env=_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                                      MASTER_PORT=port))
+            for r in range(2)]
 
 
-@pytest.mark.slow  # two 2-process DeepSpeed runs
+def _finish(procs, out) -> str:
+    """Wait for both ranks; assert they exited 0; rank 0's log."""
+    try:
+        for p in procs:
+            p.wait(timeout=400)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    logs = [open(os.path.join(out, f"rank{r}.log")).read() for r in range(2)]
+    assert [p.returncode for p in procs] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    return logs[0]
+
+
+def _losses(out) -> list[float]:
+    return [x["loss"] for x in map(json.loads, open(os.path.join(out, "metrics.jsonl"))) if "loss" in x]
+
+
+@pytest.mark.slow  # three 2-process DeepSpeed runs
 def test_zero3_training_starts_from_the_hf_weights_and_resumes_without_them(untied_dir, tmp_path):
-    """2 processes, ZeRO-3, fp32: the loss logged at step 1 is computed by the weights before the first update,
-    so it must equal transformers' loss on the same global batch. A second run on the same --out resumes from the
-    checkpoint even after HF_DIR is gone."""
+    """2 processes, ZeRO-3, fp32. The loss logged at step 1 is computed by the weights before the first update, so
+    it must equal transformers' loss on the same global batch. A second run, killed -9 inside its step-2 save,
+    resumes from its step-1 checkpoint after HF_DIR is gone and logs the first run's losses bit for bit."""
     from transformers import AutoModelForCausalLM
 
     from launch.config import load_config
@@ -241,11 +274,10 @@ def test_zero3_training_starts_from_the_hf_weights_and_resumes_without_them(unti
     json.dump({"zero_optimization": {"stage": 3}}, open(ds, "w"))
     hf_dir = str(tmp_path / "hf")
     shutil.copytree(untied_dir, hf_dir)
-    out = tmp_path / "run"
-    sets = ["steps=2", "eval_every=0", "checkpoint_every=1"]
-    proc = _torchrun(data, out, hf_dir, ds, sets)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    assert "logits match transformers'" in proc.stdout and "no tokenizer" in proc.stdout
+    sets = ["steps=3", "eval_every=0", "checkpoint_every=1"]
+    ref = tmp_path / "reference"
+    log = _finish(_start(data, ref, hf_dir, ds, sets), ref)
+    assert "logits match transformers'" in log and "no tokenizer" in log
 
     cfg = load_config(TINY, sets)
     stream = open_split(str(data), "train", cfg.seq_len, cfg.seed, VOCAB)
@@ -256,25 +288,33 @@ def test_zero3_training_starts_from_the_hf_weights_and_resumes_without_them(unti
             for x, y in rank_batch(stream, 0, cfg.global_batch, cfg.micro_batch, rank, 2):
                 logits = model(x).logits
                 losses.append(torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten()).item())
-    logged = [json.loads(line) for line in open(out / "metrics.jsonl")]
-    first = next(x["loss"] for x in logged if x.get("step") == 1 and "loss" in x)
+    first = _losses(ref)[0]
     assert first == pytest.approx(float(np.mean(losses)), abs=1e-5)
     # Far from the uniform loss a freshly initialized model of ours would log: the equality above identifies them.
     assert abs(first - np.log(VOCAB)) > 0.05, first
 
-    step2 = out / "checkpoints" / "step_00000002"
-    state = json.load(open(step2 / "client_state.json"))
-    assert state["init_from"] == os.path.abspath(hf_dir)
-    assert json.load(open(step2 / "model_config.json")) == hf_import.decoder_config(hf_dir, SEQ_LEN).to_dict()
-    resolved = json.load(open(out / "config.json"))["model"]
+    last = ref / "checkpoints" / "step_00000003"
+    assert json.load(open(last / "client_state.json"))["init_from"] == os.path.abspath(hf_dir)
+    assert json.load(open(last / "model_config.json")) == hf_import.decoder_config(hf_dir, SEQ_LEN).to_dict()
+    resolved = json.load(open(ref / "config.json"))["model"]
     assert resolved["n_layers"] == 2 and resolved["rope_base"] == 500000.0 and resolved["size"] == "tiny"
 
+    run = tmp_path / "killed"
+    procs = _start(data, run, hf_dir, ds, sets, pause="300@2")
+    partial = run / "checkpoints" / "step_00000002"
+    deadline = time.monotonic() + 400
+    while not all((partial / "rng" / f"rank_{r:05d}.pt").exists() for r in (0, 1)):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "no step-2 save"
+        time.sleep(0.05)
+    for p in procs:
+        os.kill(p.pid, signal.SIGKILL)
+    for p in procs:
+        p.wait()
+    assert open(run / "checkpoints" / "latest").read().strip() == "step_00000001"
     shutil.rmtree(hf_dir)  # resuming needs only the run directory
-    proc = _torchrun(data, out, hf_dir, ds, ["steps=3", "eval_every=0", "checkpoint_every=1"],
-                     extra=["--allow-schedule-change"])
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    assert "resumed from" in proc.stdout and "is not read" in proc.stdout
-    assert open(out / "checkpoints" / "latest").read().strip() == "step_00000003"
+    log = _finish(_start(data, run, hf_dir, ds, sets), run)
+    assert "resumed from" in log and "is not read" in log
+    assert _losses(run) == _losses(ref)
 
 
 def test_command_line_mistakes_are_one_error_line_and_exit_2(untied_dir, tmp_path):

@@ -24,7 +24,7 @@ The architecture then comes from HF_DIR/config.json (model/hf_import.py says wha
 `model` section may only add keys that are not architecture (activation_checkpointing, ...) or repeat
 config.json's values. Rank 0 checks our logits against transformers' and the data's vocabulary against HF_DIR's
 tokenizer before step 0. A run directory that already holds a checkpoint resumes from it and does not read
-HF_DIR's weights again (the model config is then the checkpoint's).
+HF_DIR at all (the model is the checkpoint's), so --init-from may be left out or name a directory that is gone.
 
 Exit status: 0 when `steps` are done; 75 when stopped by SIGUSR1 or SIGTERM (any rank) after a checkpoint --
 run the same command again to continue from it. Start-up always resumes from the newest complete checkpoint in
@@ -366,12 +366,12 @@ def _grad_norm(engine) -> float | None:
 
 def train(args, cfg: TrainConfig, model_cfg: DecoderConfig, ds: dict, point, hashes: dict, rank: int,
           world_size: int, train_stream: SampleStream, val_stream: SampleStream | None,
-          init_state: dict | None = None) -> int:
-    """init_state: --init-from's weights (rank 0; None elsewhere), written into the model before DeepSpeed
-    takes it; ignored when resuming."""
+          init_from: str | None = None, init_state: dict | None = None) -> int:
+    """init_from: the run's Hugging Face starting point (recorded in every checkpoint); init_state: its weights
+    (rank 0; None elsewhere), written into the model before DeepSpeed takes it; ignored when resuming."""
     from deepspeed.accelerator import get_accelerator
 
-    engine, compiled = build_engine(cfg, model_cfg, ds, rank, args.init_from is not None and point is None,
+    engine, compiled = build_engine(cfg, model_cfg, ds, rank, init_from is not None and point is None,
                                     init_state)
     if rank == 0:
         print(f"model: {count_params(model_cfg) / 1e6:.2f}M params | world {world_size} | ZeRO-{zero_stage(ds)} | "
@@ -402,8 +402,8 @@ def train(args, cfg: TrainConfig, model_cfg: DecoderConfig, ds: dict, point, has
     def client_state(steps_done: int) -> dict:
         state = {"consumed_samples": steps_done * cfg.global_batch, "train_config": cfg.to_dict(),
                  "ds_config": ds, "model_config": model_cfg.to_dict(), **hashes}
-        if args.init_from is not None:
-            state["init_from"] = os.path.abspath(args.init_from)
+        if init_from is not None:
+            state["init_from"] = os.path.abspath(init_from)
         return state
 
     stop = StopFlag()
@@ -479,6 +479,7 @@ class RunPlan:
     ds: dict
     hashes: dict
     point: object  # launch.checkpoint.ResumePoint or None
+    init_from: str | None = None  # --init-from, or the HF directory the checkpoint's run started from
 
 
 def plan_run(args: argparse.Namespace) -> RunPlan:
@@ -489,13 +490,18 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     manifest = load_manifest(args.data)
     data_vocab = int(manifest["tokenizer"]["vocab_size"])
     point = find_resume_point(args.out)
-    if args.init_from is None:
+    init_from = args.init_from
+    if init_from is None and point is not None:
+        # A run that started from a Hugging Face model resumes as one without the flag: the architecture is the
+        # checkpoint's (HF_DIR is not read either way once there is a checkpoint).
+        init_from = point.client_state.get("init_from")
+    if init_from is None:
         model_cfg = cfg.decoder_config(data_vocab)
     else:
-        model_cfg = init_from_model_config(args.init_from, cfg, point, args.config)
+        model_cfg = init_from_model_config(init_from, cfg, point, args.config)
         if data_vocab > model_cfg.vocab_size:
             raise ValueError(f"the data in {args.data} uses a vocabulary of {data_vocab} ids but the model of "
-                             f"--init-from {args.init_from} has vocab_size={model_cfg.vocab_size}; prepare the "
+                             f"--init-from {init_from} has vocab_size={model_cfg.vocab_size}; prepare the "
                              f"data with the model's tokenizer")
     train_stream = open_split(args.data, "train", cfg.seq_len, cfg.seed, model_cfg.vocab_size)
     val_stream = None
@@ -513,7 +519,7 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
             print("resuming with a changed schedule (--allow-schedule-change): "
                   + ", ".join(f"{k} {old!r} -> {new!r}" for k, old, new in changed), flush=True)
     return RunPlan(rank, local_rank, world_size, cfg, manifest, model_cfg, train_stream, val_stream, ds, hashes,
-                   point)
+                   point, init_from)
 
 
 def main(argv=None) -> int:
@@ -548,19 +554,20 @@ def main(argv=None) -> int:
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
                                    timeout=datetime.timedelta(seconds=args.dist_timeout))
         init_state = None
-        if args.init_from is not None and plan.point is None:
+        if plan.init_from is not None and plan.point is None:
             try:
-                init_state = init_from_weights(args.init_from, plan, args.data)
+                init_state = init_from_weights(plan.init_from, plan, args.data)
             except (ValueError, FileNotFoundError) as e:  # every rank gets rank 0's verdict
                 print(f"error: {e}", file=sys.stderr, flush=True)
                 return EXIT_USAGE
         elif args.init_from is not None and rank == 0:
-            print(f"resuming {plan.point.path}: --init-from {args.init_from} is not read", flush=True)
+            print(f"resuming {plan.point.path}: --init-from {args.init_from} is not read (the checkpoint holds the "
+                  f"model)", flush=True)
         if rank == 0:
-            prepare_run_dir(args.out, args.data, plan.manifest, plan.cfg, plan.model_cfg, ds, args.init_from)
+            prepare_run_dir(args.out, args.data, plan.manifest, plan.cfg, plan.model_cfg, ds, plan.init_from)
         torch.distributed.barrier()
         return train(args, plan.cfg, plan.model_cfg, ds, plan.point, plan.hashes, rank, world_size,
-                     plan.train_stream, plan.val_stream, init_state)
+                     plan.train_stream, plan.val_stream, plan.init_from, init_state)
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

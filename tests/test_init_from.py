@@ -230,7 +230,7 @@ def _start(data, out, hf_dir, ds, sets, pause=None) -> list[subprocess.Popen]:
     port = str(free_port())
     start = ["-m"] if pause is None else [os.path.join(ROOT, "tests", "pause_in_save.py"), pause]
     cmd = [sys.executable, *start, "launch.train", "--data", str(data), "--config", TINY, "--ds-config", ds,
-           "--out", str(out), "--init-from", hf_dir, "--dist-timeout", "120"]
+           "--out", str(out), *(["--init-from", hf_dir] if hf_dir else []), "--dist-timeout", "120"]
     for s in sets:
         cmd += ["--set", s]
     os.makedirs(out, exist_ok=True)
@@ -260,10 +260,11 @@ def _losses(out) -> list[float]:
 
 
 @pytest.mark.slow  # three 2-process DeepSpeed runs
-def test_zero3_training_starts_from_the_hf_weights_and_resumes_without_them(untied_dir, tmp_path):
+def test_zero3_training_starts_from_the_hf_weights_and_resumes_without_them(untied_dir, tmp_path, monkeypatch):
     """2 processes, ZeRO-3, fp32. The loss logged at step 1 is computed by the weights before the first update, so
     it must equal transformers' loss on the same global batch. A second run, killed -9 inside its step-2 save,
-    resumes from its step-1 checkpoint after HF_DIR is gone and logs the first run's losses bit for bit."""
+    resumes from its step-1 checkpoint after HF_DIR is gone, without --init-from, and logs the first run's losses
+    bit for bit; with --init-from naming the vanished directory it would resume the same way."""
     from transformers import AutoModelForCausalLM
 
     from launch.config import load_config
@@ -312,9 +313,13 @@ def test_zero3_training_starts_from_the_hf_weights_and_resumes_without_them(unti
         p.wait()
     assert open(run / "checkpoints" / "latest").read().strip() == "step_00000001"
     shutil.rmtree(hf_dir)  # resuming needs only the run directory
-    log = _finish(_start(data, run, hf_dir, ds, sets), run)
-    assert "resumed from" in log and "is not read" in log
+    log = _finish(_start(data, run, None, ds, sets), run)
+    assert "resumed from" in log
     assert _losses(run) == _losses(ref)
+    plan = _plan(monkeypatch, data, run, hf_dir, [*sets, "model.activation_checkpointing=true"])
+    assert plan.init_from == hf_dir and plan.point.step == 3
+    assert plan.model_cfg == dataclasses.replace(DecoderConfig.from_dict(
+        json.load(open(last / "model_config.json"))), activation_checkpointing=True)
 
 
 def test_command_line_mistakes_are_one_error_line_and_exit_2(untied_dir, tmp_path):

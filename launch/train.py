@@ -188,7 +188,8 @@ def load_weights(model: Decoder, state: dict | None, ds: dict, rank: int) -> Non
     Collective under ZeRO-3: each parameter is gathered on every rank, rank 0 writes it, and leaving
     GatheredParameters(modifier_rank=0) broadcasts rank 0's values and partitions them again. Under ZeRO 0-2 rank 0
     writes its whole copy and deepspeed.initialize broadcasts rank 0's module to the others, as it does for every
-    model not built under zero.Init. `state` is read on rank 0 only (None elsewhere).
+    model not built under zero.Init. `state` is read on rank 0 only (None elsewhere) and emptied as it is
+    copied, so its host copy of the model is freed here rather than held for the whole run.
     """
     import deepspeed
 
@@ -197,10 +198,10 @@ def load_weights(model: Decoder, state: dict | None, ds: dict, rank: int) -> Non
             with deepspeed.zero.GatheredParameters([p], modifier_rank=0):
                 if rank == 0:
                     with torch.no_grad():
-                        p.data.copy_(state[name])
+                        p.data.copy_(state.pop(name))
         elif rank == 0:
             with torch.no_grad():
-                p.data.copy_(state[name])
+                p.data.copy_(state.pop(name))
 
 
 def _same_architecture(key: str, ours, theirs, cfg: dict) -> bool:

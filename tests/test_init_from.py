@@ -259,26 +259,12 @@ def _losses(out) -> list[float]:
     return [x["loss"] for x in map(json.loads, open(os.path.join(out, "metrics.jsonl"))) if "loss" in x]
 
 
-@pytest.mark.slow  # three 2-process DeepSpeed runs
-def test_zero3_training_starts_from_the_hf_weights_and_resumes_without_them(untied_dir, tmp_path, monkeypatch):
-    """2 processes, ZeRO-3, fp32. The loss logged at step 1 is computed by the weights before the first update, so
-    it must equal transformers' loss on the same global batch. A second run, killed -9 inside its step-2 save,
-    resumes from its step-1 checkpoint after HF_DIR is gone, without --init-from, and logs the first run's losses
-    bit for bit; with --init-from naming the vanished directory it would resume the same way."""
+def _transformers_first_loss(hf_dir, data, sets) -> float:
+    """transformers' fp32 loss on launch.train's first global batch (2 ranks): the mean of the micro-batch means."""
     from transformers import AutoModelForCausalLM
 
     from launch.config import load_config
     from launch.data import open_split, rank_batch
-
-    data = random_data_dir(tmp_path / "data", vocab=VOCAB)
-    ds = str(tmp_path / "zero3_fp32.json")
-    json.dump({"zero_optimization": {"stage": 3}}, open(ds, "w"))
-    hf_dir = str(tmp_path / "hf")
-    shutil.copytree(untied_dir, hf_dir)
-    sets = ["steps=3", "eval_every=0", "checkpoint_every=1"]
-    ref = tmp_path / "reference"
-    log = _finish(_start(data, ref, hf_dir, ds, sets), ref)
-    assert "logits match transformers'" in log and "no tokenizer" in log
 
     cfg = load_config(TINY, sets)
     stream = open_split(str(data), "train", cfg.seq_len, cfg.seed, VOCAB)
@@ -289,8 +275,39 @@ def test_zero3_training_starts_from_the_hf_weights_and_resumes_without_them(unti
             for x, y in rank_batch(stream, 0, cfg.global_batch, cfg.micro_batch, rank, 2):
                 logits = model(x).logits
                 losses.append(torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten()).item())
+    return float(np.mean(losses))
+
+
+@pytest.mark.slow
+def test_zero2_training_starts_from_the_hf_weights(untied_dir, tmp_path):
+    """Under ZeRO 0-2 rank 0 writes the weights and deepspeed.initialize broadcasts them: both ranks start from
+    transformers' weights (the step-1 loss is the mean of both ranks' losses)."""
+    data = random_data_dir(tmp_path / "data", vocab=VOCAB)
+    ds = str(tmp_path / "zero2_fp32.json")
+    json.dump({"zero_optimization": {"stage": 2}}, open(ds, "w"))
+    sets = ["steps=1", "eval_every=0", "checkpoint_every=1"]
+    _finish(_start(data, tmp_path / "run", untied_dir, ds, sets), tmp_path / "run")
+    assert _losses(tmp_path / "run")[0] == pytest.approx(_transformers_first_loss(untied_dir, data, sets), abs=1e-5)
+
+
+@pytest.mark.slow  # three 2-process DeepSpeed runs
+def test_zero3_training_starts_from_the_hf_weights_and_resumes_without_them(untied_dir, tmp_path, monkeypatch):
+    """2 processes, ZeRO-3, fp32. The loss logged at step 1 is computed by the weights before the first update, so
+    it must equal transformers' loss on the same global batch. A second run, killed -9 inside its step-2 save,
+    resumes from its step-1 checkpoint after HF_DIR is gone, without --init-from, and logs the first run's losses
+    bit for bit; with --init-from naming the vanished directory it would resume the same way."""
+    data = random_data_dir(tmp_path / "data", vocab=VOCAB)
+    ds = str(tmp_path / "zero3_fp32.json")
+    json.dump({"zero_optimization": {"stage": 3}}, open(ds, "w"))
+    hf_dir = str(tmp_path / "hf")
+    shutil.copytree(untied_dir, hf_dir)
+    sets = ["steps=3", "eval_every=0", "checkpoint_every=1"]
+    ref = tmp_path / "reference"
+    log = _finish(_start(data, ref, hf_dir, ds, sets), ref)
+    assert "logits match transformers'" in log and "no tokenizer" in log
+
     first = _losses(ref)[0]
-    assert first == pytest.approx(float(np.mean(losses)), abs=1e-5)
+    assert first == pytest.approx(_transformers_first_loss(hf_dir, data, sets), abs=1e-5)
     # Far from the uniform loss a freshly initialized model of ours would log: the equality above identifies them.
     assert abs(first - np.log(VOCAB)) > 0.05, first
 

@@ -1,4 +1,28 @@
-"""Training throughput of our Decoder vs transformers' LlamaForCausalLM of the same shape, and ZeRO-3 memory per rank.
+"""Training throughput per model option (tokens/s, MFU, peak memory); and our Decoder vs transformers' Llama.
+
+Per option (eager, compile, document mask, ...), the model exactly as launch.train builds it (launch.train.
+build_engine: compile probe, ZeRO init, DeepSpeed engine, compiled blocks) on random packed token sequences::
+
+    # CPU, the tiny config (a few minutes, mostly compiling):
+    DS_ACCELERATOR=cpu python benchmarks/bench_train.py --options eager,compile
+    # one GPU, bf16 ZeRO-3: the 125m and 1b configs with each option (one micro-batch per optimizer step)
+    python benchmarks/bench_train.py --options eager,compile,document_mask,document_mask+compile \
+        --config launch/configs/125m.json --steps 20
+    python benchmarks/bench_train.py --options eager,compile,document_mask,document_mask+compile \
+        --config launch/configs/1b.json --steps 10 --set micro_batch=8
+
+Each option is a list of run-config overrides (OPTIONS; `+` combines them, and `--set` adds to all), so options
+another change adds (`model.document_mask`) need no code here: an option the run config does not know yet is
+reported as skipped with the config's own error. Every option runs in its own job of --world processes
+(default 1) on the device that DeepSpeed's accelerator picks (DS_ACCELERATOR=cpu forces the CPU); --warmup
+steps (default 3: compilation happens there) are not timed, then --steps optimizer steps are. Reported:
+median step time (slowest rank), tokens/s (all ranks), MFU = tokens/s * model.decoder.flops_per_token /
+(peak bf16 FLOP/s * devices) where launch/metrics.py knows the GPU's peak (the same FLOPs count for every option,
+so document masking's skipped attention work shows as lower MFU, not as fewer FLOPs), and peak memory (GPU:
+max allocated; CPU: peak RSS of the process, compilation included). The packed sequences hold documents of
+geometric length (mean seq_len / 4) ended by EOS (id 2), so a document mask has boundaries to respect.
+
+Ours vs transformers (the original mode, without --options)::
 
     DS_ACCELERATOR=cpu python benchmarks/bench_train.py [--d-model 384 --layers 4 --steps 10]
 
@@ -156,6 +180,160 @@ def worker(args) -> None:
     torch.distributed.destroy_process_group()
 
 
+# Run-config overrides of each option; "a+b" combines two.
+OPTIONS = {
+    "eager": [],
+    "compile": ["compile=true"],
+    "document_mask": ["model.document_mask=true"],
+}
+EOS = 2
+
+
+def option_sets(name: str) -> list[str]:
+    sets = []
+    for part in name.split("+"):
+        if part not in OPTIONS:
+            raise ValueError(f"--options: unknown option {part!r}; choose from {sorted(OPTIONS)} (join with +)")
+        sets += OPTIONS[part]
+    return sets
+
+
+def packed_batch(gen, micro_batch: int, seq_len: int, vocab: int):
+    """(micro_batch, seq_len + 1) random ids in [3, vocab) with EOS ending documents of geometric length
+    (mean seq_len / 4), as packed training sequences look."""
+    import torch
+
+    ids = torch.randint(3, vocab, (micro_batch, seq_len + 1), generator=gen)
+    ends = torch.rand(micro_batch, seq_len + 1, generator=gen) < 4.0 / seq_len
+    return ids.masked_fill(ends, EOS)
+
+
+def options_worker(args) -> None:
+    """One option, one job: time --steps optimizer steps after --warmup, print RESULT json on rank 0."""
+    import resource
+
+    import deepspeed
+    import torch
+    from deepspeed.accelerator import get_accelerator
+
+    from launch.config import deepspeed_config, load_config
+    from launch.metrics import device_peak_flops, mfu
+    from launch.train import build_engine
+    from model.decoder import count_params, flops_per_token
+
+    accel = get_accelerator()
+    backend = "gloo" if accel.device_name() == "cpu" else accel.communication_backend_name()
+    if accel.device_name() == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    sets = json.loads(args.sets)
+    cfg = load_config(args.config, sets)
+    cfg = load_config(args.config, [*sets, f"global_batch={cfg.micro_batch * world * args.accumulation}"])
+    model_cfg = cfg.decoder_config(args.vocab)
+    ds = deepspeed_config(cfg, args.ds_config, world)
+    engine, compiled = build_engine(cfg, model_cfg, ds, rank)
+    device = engine.device
+    gen = torch.Generator().manual_seed(1000 + rank)
+    batches = [packed_batch(gen, cfg.micro_batch, cfg.seq_len, model_cfg.vocab_size).to(device)
+               for _ in range(args.accumulation)]
+
+    def step() -> float:
+        torch.distributed.barrier()
+        accel.synchronize()
+        t0 = time.perf_counter()
+        for group in engine.optimizer.param_groups:
+            group["lr"] = cfg.lr_at(cfg.warmup_steps)
+        for b in batches:
+            engine.backward(engine(b[:, :-1], b[:, 1:]))
+            engine.step()
+        accel.synchronize()
+        dt = torch.tensor([time.perf_counter() - t0], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(dt, op=torch.distributed.ReduceOp.MAX)  # the slowest rank sets the pace
+        return float(dt.item())
+
+    warm = [step() for _ in range(args.warmup)]
+    if accel.device_name() == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = [step() for _ in range(args.steps)]
+    tokens = cfg.global_batch * cfg.seq_len
+    rate = tokens / statistics.median(times)
+    peak = device_peak_flops(device)
+    if accel.device_name() == "cuda":
+        mem = torch.cuda.max_memory_allocated()
+    else:
+        mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    if rank == 0:
+        print("RESULT " + json.dumps({
+            "world_size": world, "device": accel.device_name() if accel.device_name() == "cpu"
+            else torch.cuda.get_device_name(device), "params": count_params(model_cfg), "model": model_cfg.to_dict(),
+            "compiled": compiled is not None and compiled.active, "compile_requested": cfg.compile,
+            "tokens_per_step": tokens, "warmup_s": warm, "step_s": times, "tokens_per_s": rate,
+            "mfu": None if peak is None else mfu(rate, flops_per_token(model_cfg, cfg.seq_len), peak, world),
+            "peak_memory_bytes": mem, "zero_stage": ds.get("zero_optimization", {}).get("stage", 0)}), flush=True)
+    engine.destroy()
+    torch.distributed.destroy_process_group()
+
+
+def _run_option(args, name: str) -> dict:
+    """One option's job; {"skipped": reason} when the run config rejects the option (not merged yet)."""
+    from launch.config import load_config
+
+    sets = [*option_sets(name), *args.set]
+    try:
+        load_config(args.config, sets)
+    except ValueError as e:  # an option this checkout does not have: report it, run the others
+        return {"skipped": str(e)}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""))
+    if env.get("DS_ACCELERATOR") == "cpu":
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.world)))
+    port = str(free_port())
+    argv = [sys.executable, os.path.abspath(__file__), "--worker", "options", "--sets", json.dumps(sets),
+            "--config", args.config, "--ds-config", args.ds_config, "--steps", str(args.steps),
+            "--warmup", str(args.warmup), "--accumulation", str(args.accumulation), "--vocab", str(args.vocab)]
+    procs = [subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=dict(env, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(args.world),
+                                       MASTER_ADDR="127.0.0.1", MASTER_PORT=port))
+             for r in range(args.world)]
+    outputs = [p.communicate()[0] for p in procs]
+    for p, out in zip(procs, outputs):
+        if p.returncode != 0:
+            raise RuntimeError(f"option {name} failed ({p.returncode}):\n{out[-4000:]}")
+    warnings = sorted({line.strip() for line in outputs[0].splitlines() if "CompileWarning" in line})
+    line = next(x for x in outputs[0].splitlines() if x.startswith("RESULT "))
+    return dict(json.loads(line[len("RESULT "):]), warnings=warnings)
+
+
+def options_main(args) -> int:
+    names = [n.strip() for n in args.options.split(",") if n.strip()]
+    for name in names:
+        option_sets(name)  # unknown names fail before anything runs
+    results = {name: _run_option(args, name) for name in names}
+    ran = [r for r in results.values() if "skipped" not in r]
+    if ran:
+        first = ran[0]
+        m = first["model"]
+        print(f"\n{first['device']} x {first['world_size']}, ZeRO-{first['zero_stage']}, {args.ds_config}; model "
+              f"d_model {m['d_model']}, {m['n_layers']} layers, {first['params'] / 1e6:.1f}M params, vocab "
+              f"{m['vocab_size']}, seq_len {m['max_seq_len']}; {first['tokens_per_step']} tokens per optimizer step; "
+              f"{args.warmup} warm-up + {args.steps} timed steps, medians\n")
+    print("| option | compiled | step s (median) | tokens/s | MFU | peak memory GB | first step s |")
+    print("|---|---|---|---|---|---|---|")
+    for name, r in results.items():
+        if "skipped" in r:
+            print(f"| {name} | skipped: {r['skipped']} | | | | | |")
+            continue
+        compiled = "yes" if r["compiled"] else ("no (fell back: see warnings)" if r["compile_requested"] else "no")
+        mfu_text = "n/a (no known peak)" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+        print(f"| {name} | {compiled} | {statistics.median(r['step_s']):.4f} | {r['tokens_per_s']:,.0f} | "
+              f"{mfu_text} | {r['peak_memory_bytes'] / 1e9:.2f} | {r['warmup_s'][0]:.1f} |")
+        for w in r["warnings"]:
+            print(f"  {name}: {w}")
+    return 0
+
+
 def _run(args, mode: str, world: int) -> dict:
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
@@ -183,11 +361,27 @@ def main(argv=None) -> int:
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--global-batch", type=int, default=8)
     p.add_argument("--steps", type=int, default=10, help="timed optimizer steps per model (after 2 warm-up)")
-    p.add_argument("--worker", choices=["compare", "memory"], dest="mode", default=None)
+    p.add_argument("--worker", choices=["compare", "memory", "options"], dest="mode", default=None)
+    p.add_argument("--options", default=None,
+                   help=f"comma-separated options to time, e.g. eager,compile,document_mask+compile; "
+                   f"known: {', '.join(OPTIONS)}")
+    p.add_argument("--config", default=TINY, help="run config for --options (default launch/configs/tiny.json)")
+    p.add_argument("--ds-config", default=ZERO3, help="DeepSpeed config for --options")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="run-config override (--options)")
+    p.add_argument("--world", type=int, default=1, help="processes per option job (--options)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed optimizer steps first (--options)")
+    p.add_argument("--accumulation", type=int, default=1, help="micro-batches per optimizer step (--options)")
+    p.add_argument("--vocab", type=int, default=32000, help="vocabulary size for --options")
+    p.add_argument("--sets", default="[]", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.mode == "options":
+        options_worker(args)
+        return 0
     if args.mode:
         worker(args)
         return 0
+    if args.options:
+        return options_main(args)
 
     load_before = os.getloadavg()
     t0 = time.time()

@@ -78,6 +78,7 @@ class TrainConfig:
     # enough to run at full speed; the loss and gradients equal the unchunked ones up to summation order.
     loss_chunk_tokens: int = 1024
     z_loss: float = 0.0              # z-loss coefficient: + z_loss * mean(logsumexp(logits)^2); 0 = off, OLMo 1e-4
+    compile: bool = False            # torch.compile each block (launch/compiled.py); eager with a warning if unusable
 
     # ------------------------------------------------------------------------------------------- validation
 
@@ -99,6 +100,8 @@ class TrainConfig:
         for name in ("warmup_steps", "eval_every", "checkpoint_every", "eval_batches", "seed", "loss_chunk_tokens"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{where}: {name} must be >= 0, got {getattr(self, name)}")
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"{where}: compile must be true or false, got {self.compile!r}")
         if self.eval_every and self.eval_batches < 1:
             raise ValueError(f"{where}: eval_every={self.eval_every} needs eval_batches >= 1 (or set eval_every=0)")
         if not self.lr > 0:

@@ -18,6 +18,17 @@ One process per device. Any of these starts it (`DS_ACCELERATOR=cpu` runs on CPU
     # MASTER_ADDR/MASTER_PORT from the caller (launch/slurm.sh)
     srun python -m launch.train ...
 
+Continued pretraining from a Hugging Face Llama (config.json + model.safetensors)::
+
+    python -m launch.train --data data/ --config launch/configs/125m.json --ds-config ds_configs/zero3_bf16.json \
+        --out runs/cont --init-from path/to/hf_llama
+
+The architecture then comes from HF_DIR/config.json (model/hf_import.py says what is accepted); the run config's
+`model` section may only add keys that are not architecture (activation_checkpointing, ...) or repeat
+config.json's values. Rank 0 checks our logits against transformers' and the data's vocabulary against HF_DIR's
+tokenizer before step 0. A run directory that already holds a checkpoint resumes from it and does not read
+HF_DIR at all (the model is the checkpoint's), so --init-from may be left out or name a directory that is gone.
+
 Exit status: 0 when `steps` are done; 75 when stopped by SIGUSR1 or SIGTERM (any rank) after a checkpoint --
 run the same command again to continue from it. Start-up always resumes from the newest complete checkpoint in
 --out; the continuation is bit-identical to an uninterrupted run at the same world size.
@@ -44,12 +55,14 @@ import torch
 from launch.blend import (BlendedStream, Source, blend_identity, check_sources, load_manifests, open_blend,
                           parse_data_arg, sources_from_config)
 from launch.checkpoint import find_resume_point, load, prepare_resume, save
+from launch.compiled import CompiledBlocks, probe_all_ranks
 from launch.config import (TrainConfig, deepspeed_config, load_config, merge_ds, offloads_optimizer,
                            zero_stage)
 from launch.data import RankLoader, rank_batch
 from launch.metrics import MetricsLogger
 from launch.processes import EXIT_PREEMPTED, EXIT_USAGE, distributed_env
-from model.decoder import Decoder, DecoderConfig, count_params, flops_per_token
+from model import hf_import
+from model.decoder import Decoder, DecoderConfig, count_params, flops_per_token, llama_ffn_hidden
 from pipeline.files import atomic_open, write_atomic
 from pipeline.tokenizer_file import SENTENCEPIECE, file_names
 
@@ -70,6 +83,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--allow-schedule-change", action="store_true",
                    help="resume even though seed, steps, warmup_steps, lr or min_lr differ from the checkpoint's "
                    "(each change is logged)")
+    p.add_argument("--init-from", default=None, metavar="HF_DIR",
+                   help="start step 0 from a Hugging Face Llama directory (config.json, model.safetensors); "
+                   "ignored once --out holds a checkpoint, which is resumed instead")
     p.add_argument("--dist-timeout", type=float, default=1800.0,
                    help="seconds a collective may wait for a peer before the run fails (default 1800)")
     # DeepSpeed's launcher appends --local_rank=N; LOCAL_RANK in the environment says the same.
@@ -139,6 +155,123 @@ def build_model(model_cfg: DecoderConfig, ds: dict, seed: int) -> Decoder:
     return Decoder(model_cfg)
 
 
+def build_engine(cfg: TrainConfig, model_cfg: DecoderConfig, ds: dict, rank: int, init_weights: bool = False,
+                 init_state: dict | None = None):
+    """(DeepSpeed engine, CompiledBlocks or None): the model exactly as training runs it (benchmarks use it too).
+
+    compile: the probe runs first, before the model exists, so its own model and compilation never share memory
+    with the run's. init_weights (the same on every rank; collective under ZeRO-3): write --init-from's weights,
+    `init_state` on rank 0, before DeepSpeed takes the model.
+    """
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    compiling = False
+    if cfg.compile:
+        device = torch.device(get_accelerator().current_device_name())
+        compiling = probe_all_ranks(model_cfg, device, _train_dtype(ds), rank)
+    model = build_model(model_cfg, ds, cfg.seed)
+    if init_weights:
+        load_weights(model, init_state, ds, rank)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=build_optimizer(
+        param_groups(model, cfg.weight_decay), cfg, ds), config=ds)
+    # Compilation is lazy: the forwards are only replaced here, so loading a checkpoint afterwards is unaffected
+    # and a resumed run compiles the same graphs (compiled runs resume bit-exactly too).
+    return engine, (CompiledBlocks(engine.module.blocks, rank) if compiling else None)
+
+
+def _train_dtype(ds: dict) -> torch.dtype:
+    """The dtype DeepSpeed gives the module's weights and activations."""
+    if ds.get("bf16", {}).get("enabled"):
+        return torch.bfloat16
+    return torch.float16 if ds.get("fp16", {}).get("enabled") else torch.float32
+
+
+# ------------------------------------------------------------------- continued pretraining (--init-from)
+
+def load_weights(model: Decoder, state: dict | None, ds: dict, rank: int) -> None:
+    """Write rank 0's `state` (our keys, fp32) into a freshly built model, before deepspeed.initialize (whose
+    optimizer takes its fp32 master copy from the module's weights then).
+
+    Collective under ZeRO-3: each parameter is gathered on every rank, rank 0 writes it, and leaving
+    GatheredParameters(modifier_rank=0) broadcasts rank 0's values and partitions them again. Under ZeRO 0-2 rank 0
+    writes its whole copy and deepspeed.initialize broadcasts rank 0's module to the others, as it does for every
+    model not built under zero.Init. `state` is read on rank 0 only (None elsewhere) and emptied as it is
+    copied, so its host copy of the model is freed here rather than held for the whole run.
+    """
+    import deepspeed
+
+    for name, p in model.named_parameters():
+        if zero_stage(ds) == 3:
+            with deepspeed.zero.GatheredParameters([p], modifier_rank=0):
+                if rank == 0:
+                    with torch.no_grad():
+                        p.data.copy_(state.pop(name))
+        elif rank == 0:
+            with torch.no_grad():
+                p.data.copy_(state.pop(name))
+
+
+def _same_architecture(key: str, ours, theirs, cfg: dict) -> bool:
+    """Whether a run-config model value means the same model as config.json's (null = the default width)."""
+    if key == "n_kv_heads":
+        return (ours or cfg["n_heads"]) == (theirs or cfg["n_heads"])
+    if key == "ffn_hidden":
+        return (ours or llama_ffn_hidden(cfg["d_model"])) == (theirs or llama_ffn_hidden(cfg["d_model"]))
+    if isinstance(theirs, float) and isinstance(ours, (int, float)) and not isinstance(ours, bool):
+        return float(ours) == theirs
+    return ours == theirs
+
+
+def init_from_model_config(hf_dir: str, cfg: TrainConfig, point, where: str, data_eos_id: int | None = None) -> DecoderConfig:
+    """The model of an --init-from run: HF_DIR/config.json's architecture (when resuming, the checkpoint's: the
+    weights then come from the checkpoint and HF_DIR is not read), max_seq_len = seq_len, plus the run config's
+    `model` keys that are not architecture (activation_checkpointing and any later option). `model.size` is
+    ignored; an architecture key that disagrees is a ValueError naming both values."""
+    if point is not None and point.client_state.get("model_config"):
+        base, source = dict(point.client_state["model_config"]), f"the checkpoint {point.path}"
+    else:
+        base = hf_import.decoder_config(hf_dir, cfg.seq_len).to_dict()
+        source = os.path.join(hf_dir, "config.json")
+    base["max_seq_len"] = cfg.seq_len
+    for key, value in cfg.model.items():
+        if key == "size":
+            continue
+        if key in hf_import.HF_FIELDS:
+            if not _same_architecture(key, value, base.get(key), base):
+                raise ValueError(f"{where}: model.{key}={value!r} conflicts with {source} "
+                                 f"({hf_import.HF_FIELDS[key]} gives {base.get(key)!r}); with --init-from the "
+                                 f"architecture comes from the Hugging Face config: drop model.{key}")
+        else:
+            base[key] = value
+    if base.get("document_mask") and base.get("eos_id") is None:  # as TrainConfig.decoder_config fills it
+        base["eos_id"] = data_eos_id
+    return DecoderConfig.from_dict(base)
+
+
+def init_from_weights(hf_dir: str, plan: "RunPlan", data_dir: str) -> dict | None:
+    """Rank 0: check the data's tokenizer against HF_DIR's, convert HF_DIR's weights and check our logits against
+    transformers' (model.hf_import); returns our fp32 state dict on rank 0, None on the others.
+
+    Collective: a failure on rank 0 is sent to every rank, which all raise the same ValueError (so no rank waits
+    for a peer that has given up)."""
+    state, problem = None, None
+    if plan.rank == 0:
+        try:
+            tokenizer = os.path.join(data_dir, plan.manifest["tokenizer"]["path"])
+            note = hf_import.check_tokenizer(hf_dir, tokenizer, int(plan.manifest["tokenizer"]["vocab_size"]))
+            # The architecture alone (no run-config options), as transformers computes it.
+            state, diff = hf_import.verify_weights(hf_dir, hf_import.decoder_config(hf_dir, plan.cfg.seq_len))
+            print(f"init from {hf_dir}: logits match transformers' (max abs diff {diff:.1e}); {note}", flush=True)
+        except (ValueError, FileNotFoundError) as e:  # a refused checkpoint or tokenizer: the user's to fix
+            problem = str(e)
+    box = [problem]
+    torch.distributed.broadcast_object_list(box, src=0)
+    if box[0] is not None:
+        raise ValueError(box[0])
+    return state
+
+
 # ------------------------------------------------------------------------------------------------ run dir
 
 def _write_json(path: str, obj: dict) -> None:
@@ -204,7 +337,7 @@ def check_resume(point, cfg: TrainConfig, model_cfg: DecoderConfig, hashes: dict
 
 
 def prepare_run_dir(run_dir: str, sources: list[Source], manifest: dict, cfg: TrainConfig, model_cfg: DecoderConfig,
-                    ds: dict) -> None:
+                    ds: dict, init_from: str | None = None) -> None:
     """Rank 0: resolved configs and the tokenizer, so export/generation need only the run directory.
 
     config.json records the data the run trained on (every source's path, weight and name); the tokenizer, which
@@ -213,6 +346,9 @@ def prepare_run_dir(run_dir: str, sources: list[Source], manifest: dict, cfg: Tr
     os.makedirs(run_dir, exist_ok=True)
     resolved = cfg.to_dict()
     resolved["model"] = dict(resolved["model"], vocab_size=model_cfg.vocab_size)
+    if init_from is not None:  # the architecture came from HF_DIR: write it out, so this file alone rebuilds it
+        resolved["model"] = {"size": cfg.model["size"],
+                             **{k: v for k, v in model_cfg.to_dict().items() if k != "max_seq_len"}}
     resolved["data"] = [dataclasses.asdict(s) for s in sources]
     _write_json(os.path.join(run_dir, "config.json"), resolved)
     _write_json(os.path.join(run_dir, "ds_config.json"), ds)
@@ -263,13 +399,14 @@ def _grad_norm(engine) -> float | None:
 
 
 def train(args, cfg: TrainConfig, model_cfg: DecoderConfig, ds: dict, point, hashes: dict, rank: int,
-          world_size: int, train_stream, val_streams: list | None) -> int:
-    import deepspeed
+          world_size: int, train_stream, val_streams: list | None,
+          init_from: str | None = None, init_state: dict | None = None) -> int:
+    """init_from: the run's Hugging Face starting point (recorded in every checkpoint); init_state: its weights
+    (rank 0; None elsewhere), written into the model before DeepSpeed takes it; ignored when resuming."""
     from deepspeed.accelerator import get_accelerator
 
-    model = build_model(model_cfg, ds, cfg.seed)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=build_optimizer(
-        param_groups(model, cfg.weight_decay), cfg, ds), config=ds)
+    engine, compiled = build_engine(cfg, model_cfg, ds, rank, init_from is not None and point is None,
+                                    init_state)
     if rank == 0:
         print(f"model: {count_params(model_cfg) / 1e6:.2f}M params | world {world_size} | ZeRO-{zero_stage(ds)} | "
               f"global batch {cfg.global_batch} x {cfg.seq_len} tokens | micro {cfg.micro_batch} x "
@@ -287,26 +424,33 @@ def train(args, cfg: TrainConfig, model_cfg: DecoderConfig, ds: dict, point, has
         # stochastic piece comes later). On resume the checkpoint restored them instead.
         seed_everything(cfg.seed * 1_000_003 + rank + 1)
 
+    if rank == 0 and cfg.compile:
+        print(f"compile: {'blocks compiled with torch.compile' if compiled else 'eager (see the warning above)'}",
+              flush=True)
+
     metrics = MetricsLogger(args.out, rank, cfg.steps, flops_per_token(model_cfg, cfg.seq_len), world_size,
                             cfg.log_every)
     if rank == 0:
         metrics.truncate_after(start_step)  # a fresh run over an old directory, or steps past the checkpoint
 
     def client_state(steps_done: int) -> dict:
-        return {"consumed_samples": steps_done * cfg.global_batch, "train_config": cfg.to_dict(),
-                "ds_config": ds, "model_config": model_cfg.to_dict(), **hashes}
+        state = {"consumed_samples": steps_done * cfg.global_batch, "train_config": cfg.to_dict(),
+                 "ds_config": ds, "model_config": model_cfg.to_dict(), **hashes}
+        if init_from is not None:
+            state["init_from"] = os.path.abspath(init_from)
+        return state
 
     stop = StopFlag()
     stop.install()
     try:
         return _loop(args, cfg, engine, ds, train_stream, val_streams, metrics, stop, client_state, start_step,
-                     rank, world_size)
+                     rank, world_size, compiled)
     finally:
         metrics.close()
 
 
 def _loop(args, cfg, engine, ds, train_stream, val_streams, metrics, stop, client_state, start_step, rank,
-          world_size) -> int:
+          world_size, compiled: CompiledBlocks | None = None) -> int:
     device = engine.device
     tokens_per_step = cfg.global_batch * cfg.seq_len
     loader = RankLoader(train_stream, cfg.global_batch, cfg.micro_batch, rank, world_size, start_step)
@@ -327,6 +471,8 @@ def _loop(args, cfg, engine, ds, train_stream, val_streams, metrics, stop, clien
             engine.step()  # an optimizer step only at the accumulation boundary
             loss_sum += parts.ce
             z_sum += parts.z_loss
+        if compiled is not None:
+            compiled.settled()  # the first step compiled (or fell back); later errors are real errors
         # One collective carries the losses (for logging) and any rank's stop request.
         packed = torch.stack([loss_sum / len(micro_batches), z_sum / len(micro_batches),
                               torch.tensor(float(stop.requested), device=device)]).double()
@@ -376,6 +522,7 @@ class RunPlan:
     ds: dict
     hashes: dict
     point: object  # launch.checkpoint.ResumePoint or None
+    init_from: str | None = None  # --init-from, or the HF directory the checkpoint's run started from
 
 
 def plan_run(args: argparse.Namespace) -> RunPlan:
@@ -389,7 +536,21 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
         sources = check_sources(sources_from_config(cfg.data, args.config))
     manifests = load_manifests(sources)
     manifest = manifests[0]
-    model_cfg = cfg.decoder_config(int(manifest["tokenizer"]["vocab_size"]), int(manifest["tokenizer"]["eos_id"]))
+    data_vocab, data_eos = int(manifest["tokenizer"]["vocab_size"]), int(manifest["tokenizer"]["eos_id"])
+    point = find_resume_point(args.out)
+    init_from = args.init_from
+    if init_from is None and point is not None:
+        # A run that started from a Hugging Face model resumes as one without the flag: the architecture is the
+        # checkpoint's (HF_DIR is not read either way once there is a checkpoint).
+        init_from = point.client_state.get("init_from")
+    if init_from is None:
+        model_cfg = cfg.decoder_config(data_vocab, data_eos)
+    else:
+        model_cfg = init_from_model_config(init_from, cfg, point, args.config, data_eos)
+        if data_vocab > model_cfg.vocab_size:
+            raise ValueError(f"the data in {sources[0].path} uses a vocabulary of {data_vocab} ids but the model of "
+                             f"--init-from {init_from} has vocab_size={model_cfg.vocab_size}; prepare the "
+                             f"data with the model's tokenizer")
     train_stream = open_blend(sources, "train", cfg.seq_len, cfg.seed, model_cfg.vocab_size)
     val_streams = None
     if cfg.eval_every:
@@ -403,7 +564,6 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
                 raise ValueError(f"{e}; or disable validation with --set eval_every=0") from e
     ds = deepspeed_config(cfg, args.ds_config, world_size, args.out, where=args.config)
     hashes = data_hashes(sources, manifests)
-    point = find_resume_point(args.out)
     if point is not None:
         changed = check_resume(point, cfg, model_cfg, hashes, args.allow_data_change, args.out,
                                args.allow_schedule_change)
@@ -413,7 +573,7 @@ def plan_run(args: argparse.Namespace) -> RunPlan:
     if rank == 0 and isinstance(train_stream, BlendedStream):
         report_blend(train_stream, cfg)
     return RunPlan(rank, local_rank, world_size, cfg, sources, manifest, model_cfg, train_stream, val_streams, ds,
-                   hashes, point)
+                   hashes, point, init_from)
 
 
 def report_blend(stream: BlendedStream, cfg: TrainConfig) -> None:
@@ -459,11 +619,21 @@ def main(argv=None) -> int:
     try:
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
                                    timeout=datetime.timedelta(seconds=args.dist_timeout))
+        init_state = None
+        if plan.init_from is not None and plan.point is None:
+            try:
+                init_state = init_from_weights(plan.init_from, plan, plan.sources[0].path)
+            except (ValueError, FileNotFoundError) as e:  # every rank gets rank 0's verdict
+                print(f"error: {e}", file=sys.stderr, flush=True)
+                return EXIT_USAGE
+        elif args.init_from is not None and rank == 0:
+            print(f"resuming {plan.point.path}: --init-from {args.init_from} is not read (the checkpoint holds the "
+                  f"model)", flush=True)
         if rank == 0:
-            prepare_run_dir(args.out, plan.sources, plan.manifest, plan.cfg, plan.model_cfg, ds)
+            prepare_run_dir(args.out, plan.sources, plan.manifest, plan.cfg, plan.model_cfg, ds, plan.init_from)
         torch.distributed.barrier()
         return train(args, plan.cfg, plan.model_cfg, ds, plan.point, plan.hashes, rank, world_size,
-                     plan.train_stream, plan.val_streams)
+                     plan.train_stream, plan.val_streams, plan.init_from, init_state)
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

@@ -29,6 +29,7 @@ import sys
 import torch
 
 from model.decoder import Decoder, DecoderConfig
+from model.hf_names import to_hf
 
 LOGITS_TOLERANCE = 1e-4   # max abs difference of fp32 logits, ours vs transformers'
 # Texts whose tokenization must agree between our SentencePiece model and the exported HF tokenizer: leading,
@@ -158,26 +159,7 @@ def build_model(cfg: DecoderConfig, state: dict) -> Decoder:
 
 def hf_state_dict(cfg: DecoderConfig, state: dict) -> dict[str, torch.Tensor]:
     """Our keys -> LlamaForCausalLM keys; fused projections split into row blocks (views, no copies)."""
-    h, k, d, f = cfg.n_heads, cfg.kv_heads, cfg.head_dim, cfg.ffn_dim
-    out = {"model.embed_tokens.weight": state["embedding"], "model.norm.weight": state["norm.weight"]}
-    if not cfg.tie_embeddings:
-        out["lm_head.weight"] = state["lm_head"]
-    for i in range(cfg.n_layers):
-        ours, theirs = f"blocks.{i}.", f"model.layers.{i}."
-        q, k_, v = state[ours + "attn.wqkv"].split([h * d, k * d, k * d], dim=0)
-        gate, up = state[ours + "mlp.w_gate_up"].split([f, f], dim=0)
-        out.update({
-            theirs + "input_layernorm.weight": state[ours + "attn_norm.weight"],
-            theirs + "self_attn.q_proj.weight": q,
-            theirs + "self_attn.k_proj.weight": k_,
-            theirs + "self_attn.v_proj.weight": v,
-            theirs + "self_attn.o_proj.weight": state[ours + "attn.wo"],
-            theirs + "post_attention_layernorm.weight": state[ours + "mlp_norm.weight"],
-            theirs + "mlp.gate_proj.weight": gate,
-            theirs + "mlp.up_proj.weight": up,
-            theirs + "mlp.down_proj.weight": state[ours + "mlp.w_down"],
-        })
-    return out
+    return to_hf(cfg, state)
 
 
 def hf_config(cfg: DecoderConfig, eos_id: int, bos_id: int | None, dtype: torch.dtype):

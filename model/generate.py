@@ -6,8 +6,9 @@
 
 --checkpoint is anything model.export.load_checkpoint reads (run dir, tag dir, or {"config", "model"} .pt file).
 Prompts are encoded with the run's tokenizer (SentencePiece or Hugging Face) and, like every document in
-training, are preceded by
-the EOS id, which marks a document boundary in the packed training stream (the data has no BOS).
+training, are preceded by the EOS id, which marks a document boundary in the packed training stream (the data
+has no BOS); a model trained with document_mask saw every document alone from position 0, so its prompts are
+not.
 Prompts of different lengths share one batch: they are left-padded, the cache masks the padding, and each
 sequence counts rotary positions from its own first token, so a prompt decodes the same alone or in a batch.
 """
@@ -131,8 +132,10 @@ def main(argv=None) -> int:
                                     "--tokenizer PATH")
         tok = open_tokenizer_path(tokenizer)
         model = build_model(cfg, state).to(device=args.device, dtype=getattr(torch, args.dtype))
-        # Each prompt starts after an EOS, as every document after the first does in training.
-        prompts = [[tok.eos_id] + tok.encode(text) for text in args.prompt]
+        # Each prompt starts after an EOS, as every document after the first does in training; a document-masked
+        # model instead saw each document alone, from position 0, so its prompts start with their own text.
+        lead = [] if cfg.document_mask else [tok.eos_id]
+        prompts = [lead + tok.encode(text) for text in args.prompt]
         outputs = generate(model, prompts, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                            top_p=args.top_p, eos_id=tok.eos_id, seed=args.seed)
     except (ValueError, FileNotFoundError) as e:
@@ -140,7 +143,7 @@ def main(argv=None) -> int:
         return 2
     for prompt, new in zip(prompts, outputs):
         # Decode prompt and continuation together: SentencePiece drops the leading space of a lone fragment.
-        print(tok.decode([t for t in prompt[1:] + new if t != tok.eos_id]))
+        print(tok.decode([t for t in prompt[len(lead):] + new if t != tok.eos_id]))
         print("-" * 40)
     return 0
 

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from launch.data import WINDOW_BLOCK
+
 PERIOD = 1 << 16  # weights are multiples of 1/PERIOD; the index repeats every PERIOD samples after the first
 
 
@@ -226,20 +228,37 @@ class BlendedStream:
         self.streams, self.names = list(streams), list(names)
         self.index = BlendIndex(weights)
         self.seq_len = streams[0].seq_len
+        self._blocks: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # block -> (source, window) (_block)
+
+    def _block(self, block: int) -> tuple[np.ndarray, np.ndarray]:
+        """(source, packed window within that source) of blended samples [block * WINDOW_BLOCK, next block),
+        kept for reuse: consecutive steps read consecutive samples, so each source's stream is asked once per
+        block instead of once per batch (numpy's per-call cost, not the arithmetic, dominates a small batch)."""
+        table = self._blocks.get(block)
+        if table is None:
+            if len(self._blocks) >= 4:  # a loader is in one or two blocks at a time
+                self._blocks.clear()
+            source, within = self.index(np.arange(block * WINDOW_BLOCK, (block + 1) * WINDOW_BLOCK, dtype=np.int64))
+            windows = np.empty_like(within)
+            for d, stream in enumerate(self.streams):
+                rows = source == d
+                if rows.any():
+                    windows[rows] = stream.window_indices(within[rows])
+            table = self._blocks[block] = (source, windows)
+        return table
 
     def samples(self, indices) -> np.ndarray:
-        """Many samples at once: int64 array (len(indices), seq_len + 1).
-
-        Each source maps its samples to packed windows in one call; the windows are then read straight into the
-        output, in order, so a blended batch costs what a single stream's does plus one lookup per source.
-        """
-        source, within = self.index(np.asarray(indices, dtype=np.int64))
-        windows = np.empty_like(within)
-        for d, stream in enumerate(self.streams):
-            rows = source == d
-            if rows.any():
-                windows[rows] = stream.window_indices(within[rows])
-        out = np.empty((len(source), self.seq_len + 1), dtype=np.int64)
+        """Many samples at once: int64 array (len(indices), seq_len + 1), each read straight from its source."""
+        idx = np.asarray(indices, dtype=np.int64)
+        if idx.size and int(idx.min()) < 0:
+            raise ValueError("blended sample indices must be >= 0")
+        blocks, offsets = np.divmod(idx, WINDOW_BLOCK)
+        source, windows = np.empty_like(idx), np.empty_like(idx)
+        for block in np.unique(blocks).tolist():
+            sel = blocks == block
+            table_source, table_windows = self._block(block)
+            source[sel], windows[sel] = table_source[offsets[sel]], table_windows[offsets[sel]]
+        out = np.empty((len(idx), self.seq_len + 1), dtype=np.int64)
         streams = self.streams
         for row, (d, k) in enumerate(zip(source.tolist(), windows.tolist())):
             out[row] = streams[d].window(k)
@@ -247,6 +266,12 @@ class BlendedStream:
 
     def sample(self, index: int) -> np.ndarray:
         return self.samples([index])[0]
+
+    def drop_caches(self) -> None:
+        """Forget cached blocks here and in every source (what a freshly started process has)."""
+        self._blocks.clear()
+        for stream in self.streams:
+            stream.drop_caches()
 
     def tokens_before(self, samples: int) -> dict[str, int]:
         """Tokens (targets) each source has given to the first ``samples`` blended samples."""

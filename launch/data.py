@@ -37,7 +37,7 @@ from pipeline.manifest import load_manifest, shard_prefixes
 from pipeline.shards import ShardReader, dtype_for_vocab
 
 _MASK64 = (1 << 64) - 1
-WINDOW_BLOCK = 4096  # global samples whose shuffled windows are computed together (SampleStream._window_block)
+WINDOW_BLOCK = 4096  # positions of an epoch whose shuffled windows are computed together (SampleStream._window_block)
 _FEISTEL_ROUNDS = 6  # Luby-Rackoff: 4 rounds already give a strong PRP; 6 leave margin for a cheap round function
 
 
@@ -127,7 +127,7 @@ class SampleStream:
                 f"fewer than one sample of seq_len + 1 = {self.seq_len + 1} tokens; prepare more data or lower seq_len"
             )
         self._perms: dict[int, FeistelPermutation] = {}
-        self._blocks: dict[int, np.ndarray] = {}  # block -> window indices (_window_block)
+        self._blocks: dict[tuple[int, int], np.ndarray] = {}  # (epoch, block) -> window indices (_window_block)
 
     def _perm(self, epoch: int) -> FeistelPermutation:
         perm = self._perms.get(epoch)
@@ -137,23 +137,22 @@ class SampleStream:
             perm = self._perms[epoch] = FeistelPermutation(self.samples_per_epoch, self.seed, epoch)
         return perm
 
-    def _window_block(self, block: int) -> np.ndarray:
-        """Window indices of global samples [block * WINDOW_BLOCK, (block + 1) * WINDOW_BLOCK), kept for reuse.
+    def _window_block(self, epoch: int, block: int) -> np.ndarray:
+        """Window indices of positions [block * WINDOW_BLOCK, (block + 1) * WINDOW_BLOCK) of ``epoch`` (fewer at
+        the epoch's end), kept for reuse.
 
         Consecutive steps read consecutive samples, so one permutation call per block instead of one per batch:
         numpy's per-call cost, not the arithmetic, dominates a small batch (a blend asks each source in turn).
+        Blocks never cross an epoch, so every block costs one permutation call wherever a run resumes.
         """
-        table = self._blocks.get(block)
+        key = (epoch, block)
+        table = self._blocks.get(key)
         if table is None:
             if len(self._blocks) >= 4:  # a loader (train or val, each rank) is in one or two blocks at a time
                 self._blocks.clear()
-            idx = np.arange(block * WINDOW_BLOCK, (block + 1) * WINDOW_BLOCK, dtype=np.int64)
-            epochs, positions = np.divmod(idx, self.samples_per_epoch)
-            table = np.empty_like(idx)
-            for epoch in np.unique(epochs):
-                sel = epochs == epoch
-                table[sel] = self._perm(int(epoch))(positions[sel])
-            self._blocks[block] = table
+            start = block * WINDOW_BLOCK
+            positions = np.arange(start, min(start + WINDOW_BLOCK, self.samples_per_epoch), dtype=np.int64)
+            table = self._blocks[key] = self._perm(epoch)(positions)
         return table
 
     def drop_caches(self) -> None:
@@ -168,15 +167,17 @@ class SampleStream:
             return idx.copy()
         if int(idx.min()) < 0:
             raise IndexError(f"sample indices must be >= 0, got {int(idx.min())}")
-        blocks, offsets = np.divmod(idx, WINDOW_BLOCK)
-        first = int(blocks.min())
-        if first == int(blocks.max()):
-            return self._window_block(first)[offsets]
-        out = np.empty_like(idx)
-        for block in np.unique(blocks):
-            sel = blocks == block
-            out[sel] = self._window_block(int(block))[offsets[sel]]
-        return out
+        epochs, positions = np.divmod(idx.ravel(), self.samples_per_epoch)
+        blocks, offsets = np.divmod(positions, WINDOW_BLOCK)
+        keys = epochs * (self.samples_per_epoch // WINDOW_BLOCK + 1) + blocks  # one int per (epoch, block)
+        if int(keys.min()) == int(keys.max()):
+            return self._window_block(int(epochs[0]), int(blocks[0]))[offsets].reshape(idx.shape)
+        out = np.empty_like(keys)
+        for key in np.unique(keys):
+            sel = keys == key
+            first = int(np.flatnonzero(sel)[0])
+            out[sel] = self._window_block(int(epochs[first]), int(blocks[first]))[offsets[sel]]
+        return out.reshape(idx.shape)
 
     def window(self, k: int) -> np.ndarray:
         """Unshuffled window k of the packed stream: int64 (seq_len + 1,), read across shard boundaries."""

@@ -29,10 +29,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "launch", "configs", "tiny.json")
 ZERO3_BF16 = os.path.join(ROOT, "ds_configs", "zero3_bf16.json")
 STEPS = 20
-SETS = [f"steps={STEPS}", "eval_every=0", f"checkpoint_every={STEPS}"]
+# lr 1e-3 rather than tiny.json's 3e-3: the comparison is of numerics, and at 3e-3 (4 warm-up steps) this tiny
+# model's updates amplify a one-rounding difference step after step until it passes 1e-5 around step 20; at 1e-3
+# the curves stay well inside the bounds and the loss still falls by more than 0.5 (benchmarks/RESULTS.md).
+SETS = [f"steps={STEPS}", "eval_every=0", f"checkpoint_every={STEPS}", "lr=0.001", "min_lr=0.0001"]
 # bf16: the compiled kernels keep fused intermediates in fp32 where eager rounds each op's output to bf16, so
 # the curves drift apart by bf16 rounding (relative 2^-8 per op) while both fall the same way.
-BF16_TOLERANCE = 0.02  # max abs difference of the per-step loss over 20 steps (losses are ~5.5)
+BF16_TOLERANCE = 0.005  # max abs difference of the per-step loss over 20 steps (losses are ~5.5)
 
 
 # ------------------------------------------------------------------------------------- in one process

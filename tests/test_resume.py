@@ -312,7 +312,7 @@ def _step_lines(run_dir) -> dict:
     return {r["step"]: (r["loss"], r["z_loss"]) for r in records if "loss" in r}
 
 
-def test_model_options_sigusr1_stop_and_bit_exact_resume(data_dir, reference, tmp_path):
+def test_model_options_resume_bit_exactly_after_sigusr1_and_kill(data_dir, reference, tmp_path):
     options_reference = str(tmp_path / "options_reference")
     _train(data_dir, options_reference, ["checkpoint_every=100", *OPTION_SETS])
     ref_steps, ref_val = _step_lines(options_reference), _metrics(options_reference)[1]
@@ -338,3 +338,15 @@ def test_model_options_sigusr1_stop_and_bit_exact_resume(data_dir, reference, tm
     assert "resumed from" in _logs(run_dir, "resume")
     assert _step_lines(run_dir) == ref_steps, "losses and z-losses after resume must equal the uninterrupted run's"
     assert _metrics(run_dir)[1] == ref_val
+
+    # kill -9 of every rank once the step-4 checkpoint is complete, then the same command: the same losses.
+    killed = str(tmp_path / "options_kill9")
+    procs = _start(data_dir, killed, ["checkpoint_every=4", *OPTION_SETS])
+    _wait_for(lambda: os.path.exists(_ckpt(killed, "step_00000004", "COMPLETE")), procs, "the step-4 checkpoint")
+    for p in procs:
+        p.kill()
+    for p in procs:
+        p.wait()
+    _train(data_dir, killed, ["checkpoint_every=4", *OPTION_SETS], tag="resume")
+    assert "resumed from" in _logs(killed, "resume")
+    assert _step_lines(killed) == ref_steps and _metrics(killed)[1] == ref_val

@@ -15,7 +15,6 @@ sequence counts rotary positions from its own first token, so a prompt decodes t
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import torch

@@ -179,3 +179,13 @@ def _counting_scan(name):
 
 for _name in CountingText._SCANS:
     setattr(CountingText, _name, _counting_scan(_name))
+
+
+@pytest.fixture
+def single_process_env(monkeypatch):
+    """Rank 0 of 1 in the environment, as launch.train reads it; monkeypatch restores the environment afterwards
+    (main() would otherwise fill these in and leave them set for the next test)."""
+    for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                           MASTER_PORT="29999").items():
+        monkeypatch.setenv(key, value)
+    return monkeypatch

@@ -9,15 +9,13 @@ import json
 import os
 import random
 import shutil
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 from references import require
 
-from launch.processes import free_port
+from ranks import start_train, wait_ranks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "launch", "configs", "tiny.json")
@@ -76,14 +74,6 @@ def sources(tmp_path_factory) -> dict[str, str]:
 
 def _data_args(sources: dict[str, str]) -> list[str]:
     return [a for name, w in WEIGHTS.items() for a in ("--data", f"{w}:{sources[name]}")]
-
-
-@pytest.fixture
-def single_process_env(monkeypatch):
-    for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                           MASTER_PORT="1").items():
-        monkeypatch.setenv(key, value)
-    return monkeypatch
 
 
 def _plan(argv):
@@ -158,31 +148,14 @@ def test_blend_reads_each_source_at_its_share_and_warns_on_repeats(single_proces
 # --------------------------------------------------------------------------------- real 2-rank ZeRO-3 runs
 
 def _start(data_args, run_dir, world=2, sets=()):
-    port = free_port()
-    cmd = [sys.executable, "-m", "launch.train", *data_args, "--config", TINY, "--ds-config", ZERO3, "--out", run_dir]
+    args = [*data_args, "--config", TINY, "--ds-config", ZERO3, "--out", run_dir]
     for s in [*SETS, *sets]:
-        cmd += ["--set", s]
-    procs = []
-    os.makedirs(run_dir, exist_ok=True)
-    for rank in range(world):
-        env = dict(os.environ, DS_ACCELERATOR="cpu", RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
-        log = open(f"{run_dir}.rank{rank}.log", "a")
-        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
-    return procs
+        args += ["--set", s]
+    return start_train(args, run_dir, world)
 
 
 def _wait(procs, run_dir, timeout=300):
-    deadline = time.monotonic() + timeout
-    try:
-        for p in procs:
-            p.wait(timeout=max(1, deadline - time.monotonic()))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    logs = "".join(open(f"{run_dir}.rank{r}.log").read()[-3000:] for r in range(len(procs)))
-    assert [p.returncode for p in procs] == [0] * len(procs), logs
+    return wait_ranks(procs, run_dir, timeout=timeout)
 
 
 def _lines(run_dir) -> tuple[list[dict], list[dict]]:
@@ -230,7 +203,7 @@ def test_blend_trains_logs_per_source_and_resumes_bit_exactly(sources, tmp_path)
     fields = ("step", "loss", "grad_norm", "tokens", "tokens_by_source")
     assert [[s[k] for k in fields] for s in run_steps] == [[s[k] for k in fields] for s in steps]
     assert run_evals == evals
-    assert "resumed from" in open(f"{run}.rank0.log").read()
+    assert "resumed from" in open(f"{run}.rank0.log").read()  # both starts append to the same log
 
     # The step-4 checkpoint of the 2-rank run resumes on 1 rank: the same samples from step 5 on.
     one = str(tmp_path / "one-rank")

@@ -11,10 +11,8 @@ ops with c++, which stays intact).
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 import warnings
 
 import numpy as np
@@ -24,6 +22,7 @@ import torch
 from launch.compiled import CompiledBlocks, CompileWarning, probe
 from launch.processes import free_port
 from model.decoder import Decoder, DecoderConfig
+from ranks import kill_inside_save, start_train, wait_ranks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "launch", "configs", "tiny.json")
@@ -199,32 +198,11 @@ def test_without_a_compiler_the_run_warns_and_trains_eagerly(data_dir, zero3_fp3
 
 
 def _start_ranks(data, out, sets, pause=None) -> list[subprocess.Popen]:
-    """2 ranks started the way srun starts them, so the test holds every rank's pid (to kill -9 them)."""
-    port = str(free_port())
-    start = ["-m"] if pause is None else [os.path.join(ROOT, "tests", "pause_in_save.py"), pause]
-    cmd = [sys.executable, *start, "launch.train", "--data", data, "--config", TINY, "--ds-config", ZERO3_BF16,
-           "--out", str(out), "--dist-timeout", "300"]
+    """2 ranks started the way srun starts them (tests/ranks.py), so the test holds every rank's pid."""
+    args = ["--data", data, "--config", TINY, "--ds-config", ZERO3_BF16, "--out", out, "--dist-timeout", "300"]
     for s in sets:
-        cmd += ["--set", s]
-    os.makedirs(out, exist_ok=True)
-    return [subprocess.Popen(cmd, cwd=ROOT, stdout=open(os.path.join(out, f"rank{r}.log"), "a"),
-                             stderr=subprocess.STDOUT,
-                             env=_env(dict(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2",
-                                           MASTER_ADDR="127.0.0.1", MASTER_PORT=port)))
-            for r in range(2)]
-
-
-def _wait(procs, out, timeout=600) -> None:
-    deadline = time.monotonic() + timeout
-    try:
-        for p in procs:
-            p.wait(timeout=max(1, deadline - time.monotonic()))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    logs = "".join(open(os.path.join(out, f"rank{r}.log")).read()[-3000:] for r in range(2))
-    assert [p.returncode for p in procs] == [0, 0], logs
+        args += ["--set", s]
+    return start_train(args, os.path.join(out, "run"), pause=pause)
 
 
 @pytest.mark.slow
@@ -233,19 +211,10 @@ def test_compiled_run_survives_kill_and_resumes_bit_exactly(data_dir, tmp_path):
     step 3): every loss equals the uninterrupted compiled run's bit for bit."""
     sets = ["steps=6", "eval_every=0", "checkpoint_every=3", "compile=true"]
     ref = tmp_path / "reference"
-    _wait(_start_ranks(data_dir, ref, sets), ref)
+    wait_ranks(_start_ranks(data_dir, ref, sets), ref / "run", timeout=600)
     run = tmp_path / "killed"
     procs = _start_ranks(data_dir, run, sets, pause="300@6")
-    partial = run / "checkpoints" / "step_00000006"
-    deadline = time.monotonic() + 600
-    while not all((partial / "rng" / f"rank_{r:05d}.pt").exists() for r in (0, 1)):
-        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "no step-6 save"
-        time.sleep(0.05)
-    for p in procs:
-        os.kill(p.pid, signal.SIGKILL)
-    for p in procs:
-        p.wait()
+    kill_inside_save(procs, run, 6, timeout=600)
     assert open(run / "checkpoints" / "latest").read().strip() == "step_00000003"
-    _wait(_start_ranks(data_dir, run, sets), run)
-    assert "resumed from" in open(run / "rank0.log").read()
+    assert "resumed from" in wait_ranks(_start_ranks(data_dir, run, sets), run / "run", timeout=600)
     assert _losses(run) == _losses(ref) and len(_losses(ref)) == 6

@@ -178,15 +178,6 @@ def test_decoder_config_validation_runs_at_load():
 # ------------------------------------------------------------------------------ errors at start-up (main)
 
 @pytest.fixture
-def single_process_env(monkeypatch):
-    # main() fills these in when missing; set them here so monkeypatch restores the environment afterwards.
-    for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                           MASTER_PORT="29999").items():
-        monkeypatch.setenv(key, value)
-    return monkeypatch
-
-
-@pytest.fixture
 def small_data(tmp_path):
     data = tmp_path / "data"
     shards = []

@@ -12,19 +12,17 @@ import dataclasses
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import torch
 
 from conftest import random_data_dir
-from launch.processes import free_port
 from model import hf_import
 from model.decoder import Decoder, DecoderConfig
+from ranks import kill_inside_save, start_train, wait_ranks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "launch", "configs", "tiny.json")
@@ -216,43 +214,19 @@ def test_run_config_model_section_and_data_vocabulary(untied_dir, tmp_path, monk
 
 # ------------------------------------------------------------------------------------- a real training run
 
-def _env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")}
-    env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""))
-    env.update(extra)
-    return env
-
-
 def _start(data, out, hf_dir, ds, sets, pause=None) -> list[subprocess.Popen]:
-    """2 ranks of launch.train --init-from, started the way srun starts them (the test holds every pid);
-    `pause` ("SECONDS@STEP") holds both inside that step's save (tests/pause_in_save.py)."""
-    port = str(free_port())
-    start = ["-m"] if pause is None else [os.path.join(ROOT, "tests", "pause_in_save.py"), pause]
-    cmd = [sys.executable, *start, "launch.train", "--data", str(data), "--config", TINY, "--ds-config", ds,
-           "--out", str(out), *(["--init-from", hf_dir] if hf_dir else []), "--dist-timeout", "120"]
+    """2 ranks of launch.train --init-from, started the way srun starts them (tests/ranks.py: the test holds every
+    pid); `pause` ("SECONDS@STEP") holds both inside that step's save (tests/pause_in_save.py)."""
+    args = ["--data", data, "--config", TINY, "--ds-config", ds, "--out", out,
+            *(["--init-from", hf_dir] if hf_dir else []), "--dist-timeout", "120"]
     for s in sets:
-        cmd += ["--set", s]
-    os.makedirs(out, exist_ok=True)
-    return [subprocess.Popen(cmd, cwd=ROOT, stdout=open(os.path.join(out, f"rank{r}.log"), "a"),
-                             stderr=subprocess.STDOUT,
-                             env=_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                                      MASTER_PORT=port))
-            for r in range(2)]
+        args += ["--set", s]
+    return start_train(args, os.path.join(out, "run"), pause=pause)
 
 
 def _finish(procs, out) -> str:
-    """Wait for both ranks; assert they exited 0; rank 0's log."""
-    try:
-        for p in procs:
-            p.wait(timeout=400)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    logs = [open(os.path.join(out, f"rank{r}.log")).read() for r in range(2)]
-    assert [p.returncode for p in procs] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
-    return logs[0]
+    """Wait for both ranks; assert they exited 0; their logs, rank 0 first."""
+    return wait_ranks(procs, os.path.join(out, "run"), timeout=400)
 
 
 def _losses(out) -> list[float]:
@@ -319,15 +293,7 @@ def test_zero3_training_starts_from_the_hf_weights_and_resumes_without_them(unti
 
     run = tmp_path / "killed"
     procs = _start(data, run, hf_dir, ds, sets, pause="300@2")
-    partial = run / "checkpoints" / "step_00000002"
-    deadline = time.monotonic() + 400
-    while not all((partial / "rng" / f"rank_{r:05d}.pt").exists() for r in (0, 1)):
-        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "no step-2 save"
-        time.sleep(0.05)
-    for p in procs:
-        os.kill(p.pid, signal.SIGKILL)
-    for p in procs:
-        p.wait()
+    kill_inside_save(procs, run, 2)
     assert open(run / "checkpoints" / "latest").read().strip() == "step_00000001"
     shutil.rmtree(hf_dir)  # resuming needs only the run directory
     log = _finish(_start(data, run, None, ds, sets), run)

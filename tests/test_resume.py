@@ -28,7 +28,7 @@ import time
 import numpy as np
 import pytest
 
-from launch.processes import free_port
+from ranks import kill_inside_save, logs, start_train, wait_ranks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Every test drives 2-rank launch.train runs (one shared reference run): minutes in all on 2 cores.
@@ -91,40 +91,20 @@ def data_dir(tmp_path_factory):
 # ---------------------------------------------------------------------------------------------------- driver
 
 def _start(data_dir, run_dir, sets=(), world=2, env=None, tag="run", pause_in_save=None):
-    """Start `world` ranks of launch.train the way srun would; `pause_in_save` ("SECONDS@STEP") runs them through
-    tests/pause_in_save.py, which holds every rank inside that save, before the marker."""
-    os.makedirs(run_dir, exist_ok=True)
-    port = free_port()
-    start = ["-m"] if pause_in_save is None else [os.path.join(ROOT, "tests", "pause_in_save.py"), pause_in_save]
-    cmd = [sys.executable, *start, "launch.train", "--data", data_dir, "--config", "launch/configs/tiny.json",
-           "--ds-config", "ds_configs/zero3_bf16.json", "--out", run_dir]
+    """`world` ranks of launch.train as srun starts them (tests/ranks.py); logs RUN_DIR.TAG.rankR.log."""
+    args = ["--data", data_dir, "--config", "launch/configs/tiny.json", "--ds-config", "ds_configs/zero3_bf16.json",
+            "--out", run_dir]
     for s in [*COMMON_SETS, *sets]:
-        cmd += ["--set", s]
-    procs = []
-    for rank in range(world):
-        e = dict(os.environ, DS_ACCELERATOR="cpu", RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-                 MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), PYTHONPATH=ROOT, OMP_NUM_THREADS="1", **(env or {}))
-        log = open(os.path.join(os.path.dirname(run_dir), f"{os.path.basename(run_dir)}.{tag}.rank{rank}.log"), "a")
-        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=e, stdout=log, stderr=subprocess.STDOUT))
-    return procs
+        args += ["--set", s]
+    return start_train(args, f"{run_dir}.{tag}", world, env, pause_in_save)
 
 
 def _logs(run_dir, tag="run", world=2) -> str:
-    base = os.path.join(os.path.dirname(run_dir), os.path.basename(run_dir))
-    return "".join(open(f"{base}.{tag}.rank{r}.log").read()[-4000:] for r in range(world))
+    return logs(f"{run_dir}.{tag}", world)
 
 
 def _wait(procs, run_dir, expect=0, tag="run", timeout=300):
-    deadline = time.monotonic() + timeout
-    try:
-        for p in procs:
-            p.wait(timeout=max(1, deadline - time.monotonic()))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    codes = [p.returncode for p in procs]
-    assert codes == [expect] * len(procs), f"ranks exited {codes}, expected {expect}:\n{_logs(run_dir, tag, len(procs))}"
+    wait_ranks(procs, f"{run_dir}.{tag}", expect, timeout)
 
 
 def _train(data_dir, run_dir, sets=(), world=2, expect=0, tag="run"):
@@ -198,7 +178,7 @@ def test_sigusr1_stop_and_bit_exact_resume(data_dir, reference, tmp_path):
     assert open(_ckpt(run_dir, "latest")).read().strip() == f"step_{stopped:08d}"
 
     _train(data_dir, run_dir, ["checkpoint_every=100"], tag="resume")
-    assert f"resumed from" in _logs(run_dir, "resume")
+    assert "resumed from" in _logs(run_dir, "resume")
     losses, val = _metrics(run_dir)
     ref_losses, ref_val = _metrics(reference)
     assert losses == ref_losses, "losses after SIGUSR1 + resume must equal the uninterrupted run bit for bit"
@@ -212,12 +192,7 @@ def test_kill_during_save_then_bit_exact_resume(data_dir, reference, tmp_path):
     # Checkpoints at 3 and 6; the save of step 6 pauses after every rank's files are written, before the marker.
     procs = _start(data_dir, run_dir, ["checkpoint_every=3"], pause_in_save="300@6")
     partial = _ckpt(run_dir, "step_00000006")
-    _wait_for(lambda: all(os.path.exists(os.path.join(partial, "rng", f"rank_{r:05d}.pt")) for r in (0, 1)),
-              procs, "the step-6 save")
-    for p in procs:
-        os.kill(p.pid, signal.SIGKILL)
-    for p in procs:
-        p.wait()
+    kill_inside_save(procs, run_dir, 6)
     assert not os.path.exists(os.path.join(partial, "COMPLETE"))
     assert open(_ckpt(run_dir, "latest")).read().strip() == "step_00000003"
     with pytest.warns(ck.CheckpointWarning, match="step_00000006.*no COMPLETE marker"):

@@ -229,3 +229,21 @@ def test_big_byte_level_bpe_end_to_end(tmp_path, big_tokenizer):
                               eos_token_id=tok.eos_id, pad_token_id=tok.eos_id)
     assert out[0, len(prompt):].tolist() == ours
     assert theirs_tok.decode(ours, skip_special_tokens=True) == tok.decode(ours)
+
+
+def test_a_sentencepiece_derived_tokenizer_json_gives_the_sentencepiece_ids(tmp_path):
+    """SentencePiece-derived tokenizer.json files (Llama 2, Mistral style) run as they are: the one model.export
+    writes for our own SentencePiece model gives the same document sequences as that model."""
+    require("transformers")
+    from model.export import save_tokenizer
+    from pipeline.tokenizer import Tokenizer
+
+    sp_path = str(tmp_path / "sp.model")
+    train_tokenizer([gopher_text(i) for i in range(40)], sp_path, 500)
+    hf_dir = tmp_path / "hf"
+    hf_dir.mkdir()
+    assert save_tokenizer(sp_path, str(hf_dir), 256) == []
+    ours, sp = resolve_hf_tokenizer(str(hf_dir)), Tokenizer(sp_path)
+    assert ours.eos_id == sp.eos_id and ours.vocab_size == sp.vocab_size
+    for text in [gopher_text(99), "  leading spaces, tabs\tand digits 12345", "caf\u00e9 \u00fc\u00df \u4e2d\u6587", "</s> stays text"]:
+        assert ours.encode_document(text).tolist() == sp.encode_document(text).tolist(), text

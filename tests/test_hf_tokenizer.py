@@ -24,7 +24,7 @@ from references import require
 require("apache_beam")
 tokenizers = require("tokenizers")
 
-from pipeline.hf_tokenizer import HFTokenizer, data_config, resolve_hf_tokenizer  # noqa: E402
+from pipeline.hf_tokenizer import data_config, resolve_hf_tokenizer  # noqa: E402
 from pipeline.prepare import load_given_tokenizer  # noqa: E402
 from pipeline.shards import ShardReader  # noqa: E402
 from pipeline.split import assign_shard  # noqa: E402

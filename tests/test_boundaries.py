@@ -23,7 +23,12 @@ CASES = [
     ("model.decoder", ["deepspeed", "apache_beam", "transformers", "launch", "pipeline"]),
     ("model.generate", ["deepspeed", "apache_beam", "launch", "pipeline"]),
     ("model.export", ["deepspeed", "apache_beam", "launch", "pipeline"]),
+    ("model.hf_import", ["deepspeed", "apache_beam", "launch", "pipeline"]),
+    ("model.loss", ["deepspeed", "apache_beam", "transformers", "launch", "pipeline"]),
+    ("model.documents", ["deepspeed", "apache_beam", "transformers", "launch", "pipeline"]),
     ("launch.data", ["apache_beam", "deepspeed"]),
+    ("launch.blend", ["apache_beam", "deepspeed"]),
+    ("pipeline.tokenizer_file", ["numpy", "torch", "apache_beam", "model", "launch"]),
     ("launch.train", ["apache_beam", "mpi4py"]),
     # pipeline.files (standard library only) is the one shared helper; nothing of the data pipeline itself.
     ("launch.checkpoint", ["apache_beam", "sentencepiece", "pipeline.manifest", "pipeline.shards", "pipeline.prepare"]),

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from launch.data import WINDOW_BLOCK
+from launch.data import WINDOW_BLOCK, open_split
+from pipeline.manifest import data_identity, load_manifest
 
 PERIOD = 1 << 16  # weights are multiples of 1/PERIOD; the index repeats every PERIOD samples after the first
 
@@ -292,8 +293,6 @@ class BlendedStream:
 
 def load_manifests(sources: list[Source]) -> list[dict]:
     """Each source's manifest; all must share one tokenizer (its sha256), else an error naming the source."""
-    from pipeline.manifest import load_manifest
-
     manifests = []
     for s in sources:
         try:
@@ -314,8 +313,6 @@ def load_manifests(sources: list[Source]) -> list[dict]:
 def open_blend(sources: list[Source], split: str, seq_len: int, seed: int, model_vocab_size: int):
     """The stream of ``split`` over the sources: a SampleStream for one source (exactly the one-directory run), a
     BlendedStream for several. Errors name the source."""
-    from launch.data import open_split
-
     streams = []
     for i, s in enumerate(sources):
         try:
@@ -330,8 +327,6 @@ def open_blend(sources: list[Source], split: str, seq_len: int, seed: int, model
 def blend_identity(sources: list[Source], manifests: list[dict]) -> str:
     """What makes two runs' training data the same: one source's data identity, or, for a blend, every
     source's name, quantized weight and data identity, in order."""
-    from pipeline.manifest import data_identity
-
     if len(sources) == 1:
         return data_identity(manifests[0])
     per_period = quantize_weights([s.weight for s in sources]).tolist()

@@ -428,10 +428,8 @@ class Decoder(nn.Module):
             cache.length = start + t
         x = self.norm(x)
         head = self.embedding if self.lm_head is None else self.lm_head                  # (V, C)
-        if loss_chunk_tokens is not None:
-            return linear_cross_entropy(x.reshape(b * t, -1), head, targets.reshape(-1),
-                                        chunk_tokens=loss_chunk_tokens, z_loss=z_loss)
-        logits = F.linear(x, head)                                                       # (B, T, V)
         if targets is None:
-            return logits
-        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+            return F.linear(x, head)                                                     # (B, T, V)
+        parts = linear_cross_entropy(x.reshape(b * t, -1), head, targets.reshape(-1),
+                                     chunk_tokens=loss_chunk_tokens or 0, z_loss=z_loss)
+        return parts if loss_chunk_tokens is not None else parts.loss

@@ -255,9 +255,10 @@ def save_tokenizer(tokenizer_path: str, out: str, max_len: int) -> list[str]:
     return mismatches
 
 
-def save_hf_tokenizer(tokenizer_path: str, out: str, max_len: int) -> list[str]:
-    """Write a Hugging Face tokenizer.json as it was given (with its data directory's tokenizer_config.json and
-    the model's context length); return probe mismatches against our ids (empty = ok).
+def save_hf_tokenizer(ours, out: str, max_len: int) -> list[str]:
+    """Write ``ours`` (a pipeline.hf_tokenizer.HFTokenizer): its tokenizer.json as it was given, with its data
+    directory's tokenizer_config.json and the model's context length; return probe mismatches against our ids
+    (empty = ok).
 
     tokenizer.json stays byte for byte the user's, post-processor included: ``tokenizer(text)`` adds what it
     always added (e.g. Llama 3's BOS), and ``tokenizer(text, add_special_tokens=False)`` gives the ids we trained
@@ -266,9 +267,7 @@ def save_hf_tokenizer(tokenizer_path: str, out: str, max_len: int) -> list[str]:
     from transformers import AutoTokenizer
 
     from pipeline.layout import HF_CONFIG_NAME, HF_TOKENIZER_NAME
-    from pipeline.tokenizer_file import open_tokenizer_path
 
-    ours = open_tokenizer_path(tokenizer_path)
     with open(os.path.join(out, HF_TOKENIZER_NAME), "wb") as f:
         f.write(ours.model_proto)
     config = json.loads(ours.config_json)
@@ -332,8 +331,10 @@ def export(path: str, out: str, tag: str | None = None, tokenizer: str | None = 
                      do_sample=False).save_pretrained(partial)
     problems = []
     if tok is not None:
-        save = save_hf_tokenizer if kind_of(tok) == HUGGINGFACE else save_tokenizer
-        problems += [f"tokenizer mismatch {m}" for m in save(tokenizer, partial, cfg.max_seq_len)]
+        # The Hugging Face kind is written from the tokenizer already opened; SentencePiece is rebuilt from its file.
+        saved = (save_hf_tokenizer(tok, partial, cfg.max_seq_len) if kind_of(tok) == HUGGINGFACE
+                 else save_tokenizer(tokenizer, partial, cfg.max_seq_len))
+        problems += [f"tokenizer mismatch {m}" for m in saved]
 
     theirs_model = AutoModelForCausalLM.from_pretrained(partial, dtype=torch.float32).eval()
     if type(theirs_model).__name__ != "LlamaForCausalLM":

@@ -3,9 +3,10 @@
     parts = linear_cross_entropy(hidden, head_weight, targets, chunk_tokens=1024, z_loss=1e-4)
     parts.loss.backward()          # ce + z_loss term; parts.ce and parts.z_loss are detached, for logging
 
-Plain (chunk_tokens=0): logits = hidden @ W^T as one (N, V) tensor, then F.cross_entropy on its fp32 copy, as
-Decoder.forward does without loss options. Autograd keeps the fp32 logits (or their log-softmax) for the
-backward, so the loss costs several N x V x 4 bytes at its peak: 4 x 2048 tokens at vocabulary 32,000 is 1 GB each.
+Plain (chunk_tokens=0): logits = hidden @ W^T as one (N, V) tensor, then F.cross_entropy on its fp32 copy: the
+loss Decoder.forward(tokens, targets) returns without loss options. Autograd keeps the fp32 logits (or their
+log-softmax) for the backward, so the loss costs several N x V x 4 bytes at its peak: 4 x 2048 tokens at
+vocabulary 32,000 is 1 GB each.
 
 Chunked (chunk_tokens > 0): a custom autograd Function walks the N tokens in chunks of chunk_tokens rows. Per
 chunk it computes the (chunk, V) logits in fp32, the loss terms and, when a gradient is needed, that chunk's

@@ -12,13 +12,12 @@ import json
 import os
 import pickle
 import random
-import subprocess
-import sys
 import warnings
 
 import numpy as np
 import pytest
 from conftest import gopher_text, small_corpus, write_jsonl_file
+from ranks import start_train, wait_ranks
 from references import require
 
 require("apache_beam")
@@ -162,14 +161,6 @@ def test_a_directory_tokenizer_is_opened_from_its_files(tmp_path, small_tokenize
         open_tokenizer_path(path)
 
 
-def _env() -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")
-           and not k.startswith("SLURM_")}
-    env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""))
-    return env
-
-
 @pytest.mark.slow  # prepare + a 2-process DeepSpeed run + export: ~1-2 min on 2 cores
 def test_big_byte_level_bpe_end_to_end(tmp_path, big_tokenizer):
     torch = require("torch")
@@ -205,12 +196,10 @@ def test_big_byte_level_bpe_end_to_end(tmp_path, big_tokenizer):
     assert total == len(kept)
 
     run_dir = str(tmp_path / "run")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "launch.train",
-           "--data", data, "--config", os.path.join(ROOT, "launch", "configs", "tiny.json"),
-           "--ds-config", os.path.join(ROOT, "ds_configs", "zero3_bf16.json"), "--out", run_dir,
-           "--dist-timeout", "120", "--set", "steps=4", "--set", "checkpoint_every=4", "--set", "eval_every=4"]
-    proc = subprocess.run(cmd, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    args = ["--data", data, "--config", os.path.join(ROOT, "launch", "configs", "tiny.json"),
+            "--ds-config", os.path.join(ROOT, "ds_configs", "zero3_bf16.json"), "--out", run_dir,
+            "--dist-timeout", "120", "--set", "steps=4", "--set", "checkpoint_every=4", "--set", "eval_every=4"]
+    wait_ranks(start_train(args, str(tmp_path / "train")), str(tmp_path / "train"))
     assert sorted(n for n in os.listdir(run_dir) if n.startswith("tokenizer")) == ["tokenizer.json",
                                                                                    "tokenizer_config.json"]
 

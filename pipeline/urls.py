@@ -103,9 +103,10 @@ def parse_blocklist(lines, where: str) -> frozenset[str]:
 
 
 def read_blocklist(path: str) -> frozenset[str]:
-    """The names blocked by the blocklist file at ``path`` (UTF-8). Raises FileNotFoundError or ValueError naming it."""
+    """The names blocked by the blocklist file at ``path`` (UTF-8, a byte-order mark allowed; any line ending).
+    Raises FileNotFoundError or ValueError naming it."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             return parse_blocklist(f, path)
     except FileNotFoundError:
         raise FileNotFoundError(f"--url-blocklist {path}: no such file; give a text file with one domain a line") \

@@ -37,15 +37,20 @@ EDITS: tuple[str, ...] = (PII_EMAIL, PII_IP)  # counted per address replaced
 EMAIL_PLACEHOLDER = "email@example.com"
 IP_PLACEHOLDER = "192.0.2.1"
 
-# RFC 5322 dot-atom local part @ a host name (labels of letters, digits and inner "-") or an IPv4 literal in
-# brackets: the addresses datatrove's pattern finds (less its malformed "[1.2.3.tag:]" literal).
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+# An e-mail address is what datatrove's pattern finds (less its malformed "[1.2.3.tag:]" literal):
+#   \b ATEXT+ (\. ATEXT+)* @ DOMAIN
+# an RFC 5322 dot-atom local part starting at a word boundary, then a host name (labels of letters, digits and
+# inner "-") or an IPv4 literal in brackets. The local part is found by hand from each "@" (_email_spans), not by
+# the regex engine: searching with that pattern tries every word boundary of a long run of local-part characters
+# and scans it to its end each time, which is quadratic (a 60 kB run of "ab+" with one "@" after it takes tens of
+# seconds); from the "@" it is one pass.
+_ATEXT = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!#$%&'*+/=?^_`{|}~-")
+_LOCAL = _ATEXT | {"."}
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|[01]?[0-9][0-9]?)"
 _IPV4 = rf"(?:{_OCTET}\.){{3}}{_OCTET}"
-_EMAIL = re.compile(
-    rf"\b{_ATEXT}+(?:\.{_ATEXT}+)*"
-    r"@(?:(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
-    rf"|\[{_IPV4}\])"
+_EMAIL_DOMAIN = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+    rf"|\[{_IPV4}\]"
 )
 # Four octets not inside a longer dotted number: no digit or "digit." before, no digit or ".digit" after. The
 # alternatives of _OCTET are tried longest first, so "255" is never read as "25" followed by "5".
@@ -68,19 +73,43 @@ def is_public_ip(text: str) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
+def _is_word(c: str) -> bool:
+    """Whether ``c`` is a character of the regex class \\w (Unicode), which decides where \\b falls."""
+    return c.isalnum() or c == "_"
+
+
+def _email_spans(text: str) -> list[tuple[int, int]]:
+    """[start, end) of each e-mail address in ``text``, left to right, not overlapping: the matches a regex
+    search for ``\\b ATEXT+ (\\. ATEXT+)* @ DOMAIN`` would give, in one pass over the text."""
+    spans, floor, at = [], 0, text.find("@")
+    while at >= 0:
+        domain = _EMAIL_DOMAIN.match(text, at + 1)
+        if domain is not None and at > floor and text[at - 1] in _ATEXT:
+            start = at  # the run of local-part characters before the "@", not reaching into the last match
+            while start > floor and text[start - 1] in _LOCAL:
+                start -= 1
+            dots = text.rfind("..", start, at)  # a dot-atom has no empty atom: start after the last ".."
+            p = start if dots < 0 else dots + 2
+            # The leftmost start the regex would take: an atom's first character, at a word boundary.
+            while p < at and (text[p] == "." or (p > 0 and _is_word(text[p - 1])) == _is_word(text[p])):
+                p += 1
+            if p < at:
+                spans.append((p, domain.end()))
+                floor = domain.end()
+                at = text.find("@", floor)
+                continue
+        at = text.find("@", at + 1)
+    return spans
+
+
 def redact(text: str) -> tuple[str, dict[str, int]]:
     """(``text`` with e-mail and public IP addresses replaced, {edit name: addresses replaced}).
 
     E-mails first (an address such as "jo@[8.8.8.8]" is one e-mail), then IPv6, then IPv4. An address already
-    equal to its placeholder is not counted. Linear in the text for each pattern; the patterns only run when the
-    text holds an "@", a ":" or a ".".
+    equal to its placeholder is not counted. Linear in the text (one pass per kind of address, each only when the
+    text holds an "@", "::" or a ".").
     """
     counts = {PII_EMAIL: 0, PII_IP: 0}
-
-    def email(m: re.Match) -> str:
-        if m.group(0) != EMAIL_PLACEHOLDER:
-            counts[PII_EMAIL] += 1
-        return EMAIL_PLACEHOLDER
 
     def ip(m: re.Match) -> str:
         if not is_public_ip(m.group(0)):
@@ -89,7 +118,15 @@ def redact(text: str) -> tuple[str, dict[str, int]]:
         return IP_PLACEHOLDER
 
     if "@" in text:
-        text = _EMAIL.sub(email, text)
+        spans = _email_spans(text)
+        if spans:
+            pieces, end = [], 0
+            for start, stop in spans:
+                pieces += [text[end:start], EMAIL_PLACEHOLDER]
+                counts[PII_EMAIL] += text[start:stop] != EMAIL_PLACEHOLDER
+                end = stop
+            pieces.append(text[end:])
+            text = "".join(pieces)
     if "::" in text or text.count(":") >= 7:  # an IPv6 address has "::" or seven colons
         text = _IPV6.sub(ip, text)
     if "." in text:

@@ -99,6 +99,11 @@ def iter_lines(f: BinaryIO, chunk_bytes: int = _READ_CHUNK) -> Iterator[bytes]:
         yield b"".join(pending)
 
 
+def _columns(names: list[str], text_field: str, id_field: str, url_field: str) -> list[str]:
+    """The columns to read: the text, then the id and url columns that exist, each once."""
+    return list(dict.fromkeys([text_field] + [c for c in (id_field, url_field) if c in names]))
+
+
 class _ReadFileFn(ReportingDoFn):
     """One input file -> raw records. A file that cannot be read yields one READ_ERROR record, never raises.
 
@@ -171,8 +176,7 @@ class _ReadFileFn(ReportingDoFn):
                     yield READ_ERROR, path, f"{path} has no column {self.text_field!r} (columns: {names}); " \
                                             "set --text-field", None, None
                     return
-                optional = [c for c in (self.id_field, self.url_field) if c in names]
-                columns = [self.text_field] + sorted(set(optional), key=optional.index)
+                columns = _columns(names, self.text_field, self.id_field, self.url_field)
                 for batch in pf.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=columns):
                     values = dict(zip(columns, (c.to_pylist() for c in batch.columns)))
                     texts = values[self.text_field]
@@ -242,8 +246,7 @@ class _ReadHFRowsFn(ReportingDoFn):
     def setup(self):
         super().setup()
         ds = load_hf_dataset(self.name, self.split)
-        optional = [c for c in (self.id_field, self.url_field) if c in ds.column_names]
-        self._ds = ds.select_columns([self.text_field] + sorted(set(optional), key=optional.index))
+        self._ds = ds.select_columns(_columns(ds.column_names, self.text_field, self.id_field, self.url_field))
 
     def process(self, row_range: tuple[int, int]):
         start, end = row_range

@@ -197,6 +197,23 @@ def test_redaction_matches_datatrove_pii_formatter():
         assert counts == {"pii_email": emails, "pii_ip": ips}, text
 
 
+def test_email_matching_equals_datatrove_on_random_strings():
+    """Addresses are found from each "@" by hand (one pass) rather than by a regex search (quadratic on long runs
+    of local-part characters): the same matches as datatrove's pattern on strings built to hit its corners (word
+    boundaries, dots, empty atoms, Unicode letters, several "@" in a row). No digits, so no IP address forms."""
+    formatter = _datatrove_formatter()
+    rng = random.Random(1)
+    pieces = ["a", "Bc", "_", ".", "..", "@", "@", "-", "+", "'", " ", "\n", "é", "ß", "x.co", "mail.example.org",
+              "(", "<", ">", EMAIL_PLACEHOLDER]
+    changed = 0
+    for _ in range(5000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 14)))
+        ours = redact(text)[0]
+        assert ours == formatter.format(text), text
+        changed += ours != text
+    assert changed > 500  # the strings do hold addresses
+
+
 def test_non_public_ips_are_left_as_they_are():
     """Private, loopback, link-local, shared, documentation, benchmarking, reserved, multicast and broadcast
     addresses name no one on the internet: kept, as datatrove keeps them (ipaddress.is_global)."""
@@ -425,6 +442,22 @@ def test_wet_jsonl_and_parquet_urls_reach_the_documents(tmp_path, write_jsonl, b
     with beam_pipeline() as p:
         docs, _ = p | ReadFiles([str(tmp_path / "e.parquet")]) | ParseRecords()
         assert_that(docs | beam.Map(lambda d: d.url), equal_to(["http://p.example.com/x"]))
+
+
+def test_dataset_rows_carry_their_url_column(tmp_path):
+    from references import require
+
+    datasets = require("datasets")
+    from pipeline.read import VALUE, _ReadHFRowsFn
+
+    datasets.Dataset.from_dict({"text": ["x", "y"], "page": ["http://a.example/", None]}).save_to_disk(
+        str(tmp_path / "ds"))
+    fn = _ReadHFRowsFn(str(tmp_path / "ds"), "train", "text", "id", url_field="page")
+    fn.setup()
+    name = f"hf:{tmp_path / 'ds'}:train"
+    assert list(fn.process((0, 2))) == [(VALUE, f"{name}:0", "x", None, "http://a.example/"),
+                                        (VALUE, f"{name}:1", "y", None, None)]
+    fn.teardown()
 
 
 def test_url_filter_and_redact_pii_stages(beam_pipeline):

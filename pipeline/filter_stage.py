@@ -24,20 +24,22 @@ from pipeline.read import JSON_LINE, RAW_KINDS, READ_ERROR, TEXT_FILE, VALUE
 
 
 class _ParseFn(ReportingDoFn):
-    def __init__(self, text_field: str, id_field: str, progress_dir: str | None = None):
+    """Raw records (kind, source, payload, id, url) of pipeline.read -> Documents | tagged Rejections."""
+
+    def __init__(self, text_field: str, id_field: str, progress_dir: str | None = None, url_field: str = "url"):
         super().__init__(progress_dir)
-        self.text_field, self.id_field = text_field, id_field
+        self.text_field, self.id_field, self.url_field = text_field, id_field, url_field
         self.read = Metrics.counter(COUNTER_NAMESPACE, "read")
 
     def process(self, record):
-        kind, source, payload, doc_id = record
+        kind, source, payload, doc_id, url = record
         self.read.inc()
         if kind == JSON_LINE:
-            out = documents.parse_json_line(payload, source, self.text_field, self.id_field)
+            out = documents.parse_json_line(payload, source, self.text_field, self.id_field, self.url_field)
         elif kind == TEXT_FILE:
             out = documents.parse_text_file(payload, source)
         elif kind == VALUE:
-            out = documents.parse_value(payload, doc_id, source)
+            out = documents.parse_value(payload, doc_id, source, url)
         elif kind == READ_ERROR:
             out = Rejection(id=source, source=source, reason=UNREADABLE_FILE, text=payload)
         else:  # a read stage and this one disagree: fail the run rather than drop or misfile records
@@ -49,14 +51,18 @@ class _ParseFn(ReportingDoFn):
 
 
 class ParseRecords(beam.PTransform):
-    """raw records -> (Documents, Rejections). Every raw record becomes exactly one of the two."""
+    """raw records -> (Documents, Rejections). Every raw record becomes exactly one of the two.
 
-    def __init__(self, text_field: str = "text", id_field: str = "id", progress_dir: str | None = None):
+    ``url_field``: the JSONL key of the page URL (Parquet and dataset rows bring theirs in the raw record)."""
+
+    def __init__(self, text_field: str = "text", id_field: str = "id", progress_dir: str | None = None,
+                 url_field: str = "url"):
         super().__init__()
         self.text_field, self.id_field, self.progress_dir = text_field, id_field, progress_dir
+        self.url_field = url_field
 
     def expand(self, records):
-        fn = _ParseFn(self.text_field, self.id_field, self.progress_dir)
+        fn = _ParseFn(self.text_field, self.id_field, self.progress_dir, self.url_field)
         out = records | "Parse" >> beam.ParDo(fn).with_outputs("rejected", main="documents")
         return out.documents, out.rejected
 

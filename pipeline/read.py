@@ -1,14 +1,20 @@
-"""Read stages: input files and dataset rows -> raw records ``(kind, source, payload, id)``.
+"""Read stages: input files and dataset rows -> raw records ``(kind, source, payload, id, url)``.
 
 A raw record is what ParseRecords (pipeline.filter_stage) turns into a Document or a Rejection:
 
     JSON_LINE   one line of a JSONL file, undecoded bytes         source "path:lineno"
     TEXT_FILE   a whole plain-text file, undecoded bytes          source "path"
-    VALUE       a Parquet cell or a dataset row's text (str)      source "path:row" or "hf:name:split:row"
+    VALUE       a Parquet cell or a dataset row's text (str),     source "path:row" or "hf:name:split:row";
+                or a WET conversion record's block (bytes)        source, id and url: its WARC-Target-URI
     READ_ERROR  a file that could not be read: the error message  (becomes an unreadable_file rejection)
 
+``id`` is the record's id when the reader has one (a Parquet or dataset id column, a WET record's URI), else
+None; ``url`` the page URL likewise (the --url-field column of Parquet and datasets, a WET record's URI). A JSONL
+line carries both inside its undecoded bytes: ParseRecords takes them from the --id-field and --url-field keys.
+
 Bytes are never decoded here, so invalid UTF-8 reaches ParseRecords and becomes a counted rejection; a file
-that cannot be read never fails the run. Files go through Beam's FileSystems (local paths and ``gs://``),
+that cannot be read never fails the run (a WET file damaged part way gives its records up to the damage, then a
+READ_ERROR naming the WARC record: pipeline.wet). Files go through Beam's FileSystems (local paths and ``gs://``),
 compression by extension.
 
 With a ``progress_dir`` (local runs), each DoFn also reports its progress through pipeline.progress: stage
@@ -24,6 +30,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from pipeline import wet
 from pipeline.counters import COUNTER_NAMESPACE
 from pipeline.progress import READ
 from pipeline.progress_dofn import ReportingDoFn
@@ -32,16 +39,19 @@ JSON_LINE, TEXT_FILE, VALUE, READ_ERROR = "json", "text", "value", "error"
 RAW_KINDS = (JSON_LINE, TEXT_FILE, VALUE, READ_ERROR)
 
 _COMPRESSION_SUFFIXES = (".gz", ".gzip", ".zst", ".zstd", ".bz2", ".deflate", ".lzma", ".xz")
+_GZIP_SUFFIXES = (".gz", ".gzip")
 _JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 _READ_CHUNK = 1 << 20  # bytes per read() when splitting a file into lines
 _PARQUET_BATCH_ROWS = 256  # rows decoded at a time; bounds memory for wide text columns
 
 
 def input_format(path: str, forced: str = "auto") -> str:
-    """jsonl, parquet or text for one input path: ``forced`` unless "auto", else by extension.
+    """jsonl, parquet, wet or text for one input path: ``forced`` unless "auto", else by extension.
 
-    Compression suffixes are looked through ("a.jsonl.zst" is jsonl). Anything unrecognized is read as a
-    plain-text document, so a stray binary file becomes a counted rejection (nul_bytes / invalid_utf8).
+    Compression suffixes are looked through ("a.jsonl.zst" is jsonl, "a.warc.wet.gz" wet). WARC files (.warc,
+    .warc.gz) are wet too, so that one holding HTML responses is reported (pipeline.wet) rather than read as one
+    text document. Anything unrecognized is read as a plain-text document, so a stray binary file becomes a
+    counted rejection (nul_bytes / invalid_utf8).
     """
     if forced != "auto":
         return forced
@@ -54,6 +64,8 @@ def input_format(path: str, forced: str = "auto") -> str:
         return "jsonl"
     if name.endswith(".parquet"):
         return "parquet"
+    if name.endswith(wet.WET_SUFFIXES + wet.WARC_SUFFIXES):
+        return "wet"
     return "text"
 
 
@@ -87,17 +99,23 @@ def iter_lines(f: BinaryIO, chunk_bytes: int = _READ_CHUNK) -> Iterator[bytes]:
         yield b"".join(pending)
 
 
+def _columns(names: list[str], text_field: str, id_field: str, url_field: str) -> list[str]:
+    """The columns to read: the text, then the id and url columns that exist, each once."""
+    return list(dict.fromkeys([text_field] + [c for c in (id_field, url_field) if c in names]))
+
+
 class _ReadFileFn(ReportingDoFn):
     """One input file -> raw records. A file that cannot be read yields one READ_ERROR record, never raises.
 
     ``sizes`` (path -> bytes on disk) is what a file adds to the progress "bytes" once it has been read to the
-    end (a path missing from it adds 0); only used with a ``progress_dir``.
+    end (a path missing from it adds 0); only used with a ``progress_dir``. ``url_field``: the Parquet column of
+    the page URL, read when the file has it.
     """
 
     def __init__(self, fmt: str, text_field: str, id_field: str, sizes: dict[str, int] | None = None,
-                 progress_dir: str | None = None):
+                 progress_dir: str | None = None, url_field: str = "url"):
         super().__init__(progress_dir)
-        self.fmt, self.text_field, self.id_field = fmt, text_field, id_field
+        self.fmt, self.text_field, self.id_field, self.url_field = fmt, text_field, id_field, url_field
         self.sizes = sizes or {}
         self.files = Metrics.counter(COUNTER_NAMESPACE, "files")
 
@@ -112,6 +130,9 @@ class _ReadFileFn(ReportingDoFn):
         if kind == "parquet":
             yield from self._parquet(path)
             return
+        if kind == "wet":
+            yield from self._wet(path)
+            return
         lineno = 0
         try:
             # Compression comes from the extension (.gz, .zst, ...). Bytes are never decoded here: invalid
@@ -119,13 +140,29 @@ class _ReadFileFn(ReportingDoFn):
             with FileSystems.open(path) as f:
                 if kind == "text":
                     # read() of a compressed stream returns at most one buffer: loop to the end.
-                    yield TEXT_FILE, path, b"".join(iter(lambda: f.read(_READ_CHUNK), b"")), None
+                    yield TEXT_FILE, path, b"".join(iter(lambda: f.read(_READ_CHUNK), b"")), None, None
                     return
                 for lineno, line in enumerate(iter_lines(f), start=1):
-                    yield JSON_LINE, f"{path}:{lineno}", line, None
+                    yield JSON_LINE, f"{path}:{lineno}", line, None, None
         except Exception as e:  # noqa: BLE001 -- decompressors raise zlib.error, EOFError, ZstdError, OSError...
             where = f"{path}:{lineno + 1}" if lineno else path
-            yield READ_ERROR, where, f"cannot read {path} as {kind}: {type(e).__name__}: {e}", None
+            yield READ_ERROR, where, f"cannot read {path} as {kind}: {type(e).__name__}: {e}", None, None
+
+    def _wet(self, path: str):
+        """VALUE records of a WET file's conversion records: the block's bytes, the URI as source, id and url.
+
+        gzip is opened as stored and decompressed by pipeline.wet, which checks every member; other compressions
+        (.zst, ...) are undone by FileSystems from the extension. A record without a URI gets "path:record"."""
+        compression = CompressionTypes.UNCOMPRESSED if path.lower().endswith(_GZIP_SUFFIXES) else CompressionTypes.AUTO
+        try:
+            with FileSystems.open(path, compression_type=compression) as f:
+                for number, uri, block in wet.conversion_records(f):
+                    yield VALUE, uri or f"{path}:{number}", block, uri or None, uri or None
+        except wet.WetError as e:
+            where = f"{path}:{e.record}" if e.record else path
+            yield READ_ERROR, where, f"cannot read {path} as wet: {e}", None, None
+        except Exception as e:  # noqa: BLE001 -- opening: FileNotFoundError, OSError, gcsio errors...
+            yield READ_ERROR, path, f"cannot read {path} as wet: {type(e).__name__}: {e}", None, None
 
     def _parquet(self, path: str):
         import pyarrow.parquet as pq  # only workers that read Parquet pay for the import
@@ -137,21 +174,23 @@ class _ReadFileFn(ReportingDoFn):
                 names = pf.schema_arrow.names
                 if self.text_field not in names:
                     yield READ_ERROR, path, f"{path} has no column {self.text_field!r} (columns: {names}); " \
-                                            "set --text-field", None
+                                            "set --text-field", None, None
                     return
-                columns = [self.text_field] + ([self.id_field] if self.id_field in names else [])
+                columns = _columns(names, self.text_field, self.id_field, self.url_field)
                 for batch in pf.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=columns):
-                    texts = batch.column(0).to_pylist()
-                    ids = batch.column(1).to_pylist() if len(columns) == 2 else [None] * len(texts)
-                    for text, doc_id in zip(texts, ids):
-                        yield VALUE, f"{path}:{row}", text, doc_id
+                    values = dict(zip(columns, (c.to_pylist() for c in batch.columns)))
+                    texts = values[self.text_field]
+                    ids = values.get(self.id_field, [None] * len(texts))
+                    urls = values.get(self.url_field, [None] * len(texts))
+                    for text, doc_id, url in zip(texts, ids, urls):
+                        yield VALUE, f"{path}:{row}", text, doc_id, url
                         row += 1
         except Exception as e:  # noqa: BLE001 -- pyarrow raises ArrowInvalid, OSError, ... on corrupt files
-            yield READ_ERROR, f"{path}:{row}", f"cannot read {path} as parquet: {type(e).__name__}: {e}", None
+            yield READ_ERROR, f"{path}:{row}", f"cannot read {path} as parquet: {type(e).__name__}: {e}", None, None
 
 
 class ReadFiles(beam.PTransform):
-    """PBegin -> raw records from a list of file paths (JSONL lines, Parquet rows, whole .txt files).
+    """PBegin -> raw records from a list of file paths (JSONL lines, Parquet rows, WET records, whole .txt files).
 
     Parallelism is per file: the paths are reshuffled so workers share them; one file is read start to
     end by one worker, which keeps line numbers (and so derived ids) exact.
@@ -161,9 +200,10 @@ class ReadFiles(beam.PTransform):
     """
 
     def __init__(self, paths: list[str], fmt: str = "auto", text_field: str = "text", id_field: str = "id",
-                 sizes: dict[str, int] | None = None, progress_dir: str | None = None):
+                 sizes: dict[str, int] | None = None, progress_dir: str | None = None, url_field: str = "url"):
         super().__init__()
         self.paths, self.fmt, self.text_field, self.id_field = sorted(paths), fmt, text_field, id_field
+        self.url_field = url_field
         # Sizes only travel with the DoFn when they are reported.
         self.sizes = sizes if progress_dir is not None else None
         self.progress_dir = progress_dir
@@ -174,7 +214,7 @@ class ReadFiles(beam.PTransform):
             | "Paths" >> beam.Create(self.paths)
             | "SpreadFiles" >> beam.Reshuffle()
             | "ReadFile" >> beam.ParDo(_ReadFileFn(self.fmt, self.text_field, self.id_field,
-                                                             self.sizes, self.progress_dir))
+                                                   self.sizes, self.progress_dir, self.url_field))
         )
 
 
@@ -193,27 +233,30 @@ def load_hf_dataset(name_or_path: str, split: str):
 
 
 class _ReadHFRowsFn(ReportingDoFn):
-    """A row range [start, end) of a dataset -> VALUE records. The dataset is opened (memory-mapped) once per worker."""
+    """A row range [start, end) of a dataset -> VALUE records (with the id and url columns when the dataset has
+    them). The dataset is opened (memory-mapped) once per worker."""
 
-    def __init__(self, name: str, split: str, text_field: str, id_field: str, progress_dir: str | None = None):
+    def __init__(self, name: str, split: str, text_field: str, id_field: str, progress_dir: str | None = None,
+                 url_field: str = "url"):
         super().__init__(progress_dir)
         self.name, self.split, self.text_field, self.id_field = name, split, text_field, id_field
+        self.url_field = url_field
         self._ds = None
 
     def setup(self):
         super().setup()
         ds = load_hf_dataset(self.name, self.split)
-        self._has_id = self.id_field in ds.column_names
-        self._ds = ds.select_columns([self.text_field] + ([self.id_field] if self._has_id else []))
+        self._ds = ds.select_columns(_columns(ds.column_names, self.text_field, self.id_field, self.url_field))
 
     def process(self, row_range: tuple[int, int]):
         start, end = row_range
         self._progress.add(READ)
         batch = self._ds[start:end]
         texts = batch[self.text_field]
-        ids = batch[self.id_field] if self._has_id else [None] * len(texts)
-        for i, (text, doc_id) in enumerate(zip(texts, ids)):
-            yield VALUE, f"hf:{self.name}:{self.split}:{start + i}", text, doc_id
+        ids = batch.get(self.id_field, [None] * len(texts))
+        urls = batch.get(self.url_field, [None] * len(texts))
+        for i, (text, doc_id, url) in enumerate(zip(texts, ids, urls)):
+            yield VALUE, f"hf:{self.name}:{self.split}:{start + i}", text, doc_id, url
         self._progress.add(READ, rows=len(texts))
 
 
@@ -221,11 +264,11 @@ class ReadHuggingFace(beam.PTransform):
     """PBegin -> raw records from a Hugging Face dataset split (local use: every worker opens the dataset)."""
 
     def __init__(self, name: str, split: str, num_rows: int, text_field: str = "text", id_field: str = "id",
-                 rows_per_range: int = 1000, progress_dir: str | None = None):
+                 rows_per_range: int = 1000, progress_dir: str | None = None, url_field: str = "url"):
         super().__init__()
         self.name, self.split, self.num_rows = name, split, num_rows
         self.text_field, self.id_field, self.rows_per_range = text_field, id_field, rows_per_range
-        self.progress_dir = progress_dir
+        self.progress_dir, self.url_field = progress_dir, url_field
 
     def expand(self, pbegin):
         ranges = [(s, min(s + self.rows_per_range, self.num_rows)) for s in range(0, self.num_rows, self.rows_per_range)]
@@ -234,5 +277,5 @@ class ReadHuggingFace(beam.PTransform):
             | "RowRanges" >> beam.Create(ranges)
             | "SpreadRanges" >> beam.Reshuffle()
             | "ReadRows" >> beam.ParDo(_ReadHFRowsFn(self.name, self.split, self.text_field, self.id_field,
-                                                            self.progress_dir))
+                                                     self.progress_dir, self.url_field))
         )

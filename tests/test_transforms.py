@@ -249,7 +249,7 @@ def test_parse_refuses_an_unknown_raw_record_kind():
     """A kind no read stage produces means the stages disagree: the run fails instead of filing the record as
     unreadable (which would put the wrong reason in the manifest)."""
     with pytest.raises(RuntimeError, match="unknown raw record kind 'csv'"):
-        list(_ParseFn("text", "id").process(("csv", "f.csv:1", b"a,b", None)))
+        list(_ParseFn("text", "id").process(("csv", "f.csv:1", b"a,b", None, None)))
 
 
 def test_invariants_that_guard_written_data_hold_under_python_O(tmp_path):
@@ -269,7 +269,7 @@ assert False, "asserts must be off here"
         "manifest": "build_manifest(7, {'empty': 2}, [], {'vocab_size': 400, 'eos_id': 2, 'sha256': '0', "
                     "'trained': True, 'sample_chars': 1}, {})",
         "sort key": "list(in_key_order([pack_token_batch([(('id:a', 'k'), b'ab')])] * 2))",
-        "kind": "list(_ParseFn('text', 'id').process(('csv', 'f', b'', None)))",
+        "kind": "list(_ParseFn('text', 'id').process(('csv', 'f', b'', None, None)))",
         "run order": "write_run(io.BytesIO(), [(('id:b', 'k'), b''), (('id:a', 'k'), b'')])",
         "merge key": "list(merge_runs([iter([(('id:a', 'k'), b'')]), iter([(('id:a', 'k'), b'')])]))",
     }
@@ -301,36 +301,37 @@ def test_read_files_all_formats_and_a_binary_file(tmp_path, write_jsonl, make_te
     paths = sorted(str(p) for p in tmp_path.iterdir())
 
     def summarize(rec):
-        kind, source, payload, doc_id = rec
+        kind, source, payload, doc_id, url = rec
         name = source.rsplit("/", 1)[-1]
-        return kind, name, payload if kind != READ_ERROR else "error", doc_id
+        return kind, name, payload if kind != READ_ERROR else "error", doc_id, url
 
     with beam_pipeline() as p:
         out = p | ReadFiles(paths) | beam.Map(summarize)
         assert_that(out, equal_to([
-            (JSON_LINE, "a.jsonl.gz:1", f'{{"id": "g1", "text": {json.dumps(a)}}}'.encode(), None),
-            (JSON_LINE, "b.jsonl.zst:1", f'{{"id": "z1", "text": {json.dumps(b)}}}'.encode(), None),
-            (JSON_LINE, "b.jsonl.zst:2", f'{{"id": "z2", "text": {json.dumps(a)}}}'.encode(), None),
-            (TEXT_FILE, "c.txt", b.encode(), None),
-            (TEXT_FILE, "c2.txt.zst", a.encode(), None),
-            (VALUE, "d.parquet:0", a, "p1"),
-            (VALUE, "d.parquet:1", b, "p2"),
-            (TEXT_FILE, "e.bin", bytes(range(256)) * 10, None),
-            (READ_ERROR, "broken.jsonl.gz", "error", None),
+            (JSON_LINE, "a.jsonl.gz:1", f'{{"id": "g1", "text": {json.dumps(a)}}}'.encode(), None, None),
+            (JSON_LINE, "b.jsonl.zst:1", f'{{"id": "z1", "text": {json.dumps(b)}}}'.encode(), None, None),
+            (JSON_LINE, "b.jsonl.zst:2", f'{{"id": "z2", "text": {json.dumps(a)}}}'.encode(), None, None),
+            (TEXT_FILE, "c.txt", b.encode(), None, None),
+            (TEXT_FILE, "c2.txt.zst", a.encode(), None, None),
+            (VALUE, "d.parquet:0", a, "p1", None),
+            (VALUE, "d.parquet:1", b, "p2", None),
+            (TEXT_FILE, "e.bin", bytes(range(256)) * 10, None, None),
+            (READ_ERROR, "broken.jsonl.gz", "error", None, None),
         ]))
 
 
 def test_parse_filter_dedup_stages(make_text, beam_pipeline):
     good, other = make_text(10), make_text(11)
     records = [
-        (JSON_LINE, "f:1", ('{"id": "b", "text": %s}' % json.dumps(good)).encode(), None),
-        (JSON_LINE, "f:2", ('{"id": "a", "text": %s}' % json.dumps(good.replace("\n\n", "\n \n"))).encode(), None),
-        (JSON_LINE, "f:3", ('{"id": "c", "text": %s}' % json.dumps(other)).encode(), None),
-        (JSON_LINE, "f:4", b"\xff\xfe not utf-8", None),
-        (JSON_LINE, "f:5", b'{"no_text": 1}', None),
-        (TEXT_FILE, "g.txt", b"   \n ", None),
-        (VALUE, "h:0", "too short to keep", "s"),
-        (READ_ERROR, "x.gz", "cannot read x.gz", None),
+        (JSON_LINE, "f:1", ('{"id": "b", "text": %s}' % json.dumps(good)).encode(), None, None),
+        (JSON_LINE, "f:2", ('{"id": "a", "text": %s}' % json.dumps(good.replace("\n\n", "\n \n"))).encode(), None,
+         None),
+        (JSON_LINE, "f:3", ('{"id": "c", "text": %s}' % json.dumps(other)).encode(), None, None),
+        (JSON_LINE, "f:4", b"\xff\xfe not utf-8", None, None),
+        (JSON_LINE, "f:5", b'{"no_text": 1}', None, None),
+        (TEXT_FILE, "g.txt", b"   \n ", None, None),
+        (VALUE, "h:0", "too short to keep", "s", None),
+        (READ_ERROR, "x.gz", "cannot read x.gz", None, None),
     ]
     with beam_pipeline() as p:
         docs, bad = p | beam.Create(records) | ParseRecords()

@@ -1,0 +1,97 @@
+"""Beam stages for web documents: UrlFilter (reason url_blocked) and RedactPII (edits pii_email, pii_ip).
+
+The Beam glue of the pure rules in pipeline.urls and pipeline.pii. UrlFilter runs right after parsing, before any
+costly stage looks at a document it would drop; every input document becomes exactly one of (kept, rejected), so
+read == kept + rejected still holds. RedactPII runs last, after both dedup stages and just before tokenizing: the
+duplicates are judged on the text as published, and what is redacted is exactly what reaches the shards.
+
+With a ``progress_dir`` (local runs), UrlFilter reports its rejections under the "filter" stage and RedactPII its
+replacements under "redact" (pipeline.progress).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import apache_beam as beam
+
+from pipeline import documents, pii, urls
+from pipeline.bundles import in_global_window
+from pipeline.documents import Document
+from pipeline.progress import FILTER
+from pipeline.progress_dofn import ReportingDoFn
+
+REDACT = "redact"  # the progress stage of RedactPII: "redact pii_email N, pii_ip M" in a progress line
+
+
+class _UrlFilterFn(ReportingDoFn):
+    """Document -> the Document, or a url_blocked Rejection (tagged "rejected") when its URL is blocked."""
+
+    def __init__(self, blocklist: frozenset[str], progress_dir: str | None = None):
+        super().__init__(progress_dir)
+        self.blocklist = blocklist
+
+    def process(self, doc: Document):
+        if doc.url and urls.url_blocked(doc.url, self.blocklist):
+            # Only rejections: "passed filters" in a progress line is the quality filters' count.
+            self._progress.add(FILTER, rejected=1)
+            yield beam.pvalue.TaggedOutput("rejected", documents.rejection_for(doc, urls.URL_BLOCKED))
+        else:
+            yield doc
+
+
+class UrlFilter(beam.PTransform):
+    """Documents -> (kept Documents, url_blocked Rejections, each with the document's url).
+
+    ``blocklist``: the names of pipeline.urls.read_blocklist. A document without a URL is kept. The blocklist
+    travels with the DoFn to every worker.
+    """
+
+    def __init__(self, blocklist: frozenset[str], progress_dir: str | None = None):
+        super().__init__()
+        if not blocklist:
+            raise ValueError("UrlFilter needs a non-empty blocklist (pipeline.urls.read_blocklist)")
+        self.blocklist, self.progress_dir = frozenset(blocklist), progress_dir
+
+    def expand(self, docs):
+        fn = _UrlFilterFn(self.blocklist, self.progress_dir)
+        out = docs | "BlockedUrls" >> beam.ParDo(fn).with_outputs("rejected", main="kept")
+        return out.kept, out.rejected
+
+
+class _RedactFn(ReportingDoFn):
+    """(dedup_key, Document) -> the pair with the document's e-mails and public IPs replaced; at the end of each
+    bundle, (edit name, count) pairs tagged "edits" for the names that were counted."""
+
+    def start_bundle(self):
+        self._counts = dict.fromkeys(pii.EDITS, 0)
+
+    def process(self, pair):
+        key, doc = pair
+        text, counts = pii.redact(doc.text)
+        if text != doc.text:
+            doc = dataclasses.replace(doc, text=text)
+            for name, n in counts.items():
+                self._counts[name] += n
+            self._progress.add(REDACT, **{name: n for name, n in counts.items() if n})
+        yield key, doc
+
+    def finish_bundle(self):
+        for name, n in self._counts.items():
+            if n:
+                yield in_global_window(beam.pvalue.TaggedOutput("edits", (name, n)))
+        super().finish_bundle()
+
+
+class RedactPII(beam.PTransform):
+    """(dedup_key, Document) pairs -> (the pairs with e-mail and public IP addresses replaced by
+    pipeline.pii's placeholders, (edit name, count) pairs: pii_email, pii_ip, one per name and bundle).
+
+    The dedup_key stays that of the text before redaction (it only orders documents from here on)."""
+
+    def __init__(self, progress_dir: str | None = None):
+        super().__init__()
+        self.progress_dir = progress_dir
+
+    def expand(self, pairs):
+        out = pairs | "Redact" >> beam.ParDo(_RedactFn(self.progress_dir)).with_outputs("edits", main="redacted")
+        return out.redacted, out.edits

@@ -5,7 +5,7 @@ A raw record is what ParseRecords (pipeline.filter_stage) turns into a Document 
     JSON_LINE   one line of a JSONL file, undecoded bytes         source "path:lineno"
     TEXT_FILE   a whole plain-text file, undecoded bytes          source "path"
     VALUE       a Parquet cell or a dataset row's text (str),     source "path:row" or "hf:name:split:row";
-                or a WET conversion record's block (bytes)        source, id and url: its WARC-Target-URI
+                or a WET conversion record's block (bytes)        source "path:record"; id and url: its URI
     READ_ERROR  a file that could not be read: the error message  (becomes an unreadable_file rejection)
 
 ``id`` is the record's id when the reader has one (a Parquet or dataset id column, a WET record's URI), else
@@ -149,15 +149,17 @@ class _ReadFileFn(ReportingDoFn):
             yield READ_ERROR, where, f"cannot read {path} as {kind}: {type(e).__name__}: {e}", None, None
 
     def _wet(self, path: str):
-        """VALUE records of a WET file's conversion records: the block's bytes, the URI as source, id and url.
+        """VALUE records of a WET file's conversion records: the block's bytes, the URI as id and url, and
+        "path:record" (the WARC record number) as source, so that a document names the file, and so the crawl, it
+        came from (--near-dedup-by input groups by it). A record without a URI gets "path:record" as id too.
 
         gzip is opened as stored and decompressed by pipeline.wet, which checks every member; other compressions
-        (.zst, ...) are undone by FileSystems from the extension. A record without a URI gets "path:record"."""
+        (.zst, ...) are undone by FileSystems from the extension."""
         compression = CompressionTypes.UNCOMPRESSED if path.lower().endswith(_GZIP_SUFFIXES) else CompressionTypes.AUTO
         try:
             with FileSystems.open(path, compression_type=compression) as f:
                 for number, uri, block in wet.conversion_records(f):
-                    yield VALUE, uri or f"{path}:{number}", block, uri or None, uri or None
+                    yield VALUE, f"{path}:{number}", block, uri or None, uri or None
         except wet.WetError as e:
             where = f"{path}:{e.record}" if e.record else path
             yield READ_ERROR, where, f"cannot read {path} as wet: {e}", None, None

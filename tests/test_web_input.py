@@ -428,14 +428,15 @@ def test_wet_jsonl_and_parquet_urls_reach_the_documents(tmp_path, write_jsonl, b
     with beam_pipeline() as p:
         docs, rejected = (p | ReadFiles(paths, url_field="link") | ParseRecords(url_field="link"))
         assert_that(docs | beam.Map(lambda d: (d.id, d.source, d.url, d.text)), equal_to(
-            [(uri, uri, uri, text.replace("\r\n", "\n")) for uri, text in PAGES[:5]]
+            [(uri, f"{tmp_path}/{name}", uri, text.replace("\r\n", "\n")) for (uri, text), name in zip(PAGES[:5], (
+                "a.warc.wet.gz:2", "a.warc.wet.gz:3", "a.warc.wet.gz:4", "a.warc.wet.gz:5", "b.wet.gz:2"))]
             + [("j1", f"{tmp_path}/d.jsonl:1", "http://j.example.com/", "jsonl text"),
                ("j2", f"{tmp_path}/d.jsonl:2", "", "no url here"),
                (f"{tmp_path}/e.parquet:0", f"{tmp_path}/e.parquet:0", "", "parquet text")]), label="docs")
         assert_that(rejected | beam.Map(lambda r: (r.source, r.reason)), equal_to([
-            ("https://empty.example.com/", "empty"),
+            (f"{tmp_path}/a.warc.wet.gz:6", "empty"),
             (f"{tmp_path}/b.wet.gz:3", "unreadable_file"),
-            ("http://plain.example.org/", "invalid_utf8"),
+            (f"{tmp_path}/c.wet:2", "invalid_utf8"),
         ]), label="rejected")
 
     # The Parquet url column is read under its own name: with the default --url-field it reaches the document.

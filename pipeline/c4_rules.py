@@ -6,23 +6,23 @@ edited text (the lines that passed, stripped, joined by "\\n") with how many lin
 rejection reason. Lines are ``str.splitlines()`` lines, each stripped of surrounding whitespace; per line, in
 this FIXED order (the order of TFDS and datatrove, which decides which rule a line is counted under):
 
-    line edits (the line is removed from the document; counted per rule, EDITS)
-    c4_lines_too_long_word       a word (whitespace-separated token) longer than max_word_length (1,000) chars
-    (citations)                  Wikipedia-style citation marks "[1]", "[edit]", "[citation needed]" are cut
-                                 from the line (remove_citations); counted as c4_citations, not a removal
-    c4_lines_no_terminal_punct   the line does not end in . ? ! " ' or ends in "..." (terminal_punct; OFF by
-                                 default, as FineWeb runs C4; TFDS C4 has it on)
-    c4_lines_too_few_words       fewer than min_words_per_line (3) words
-    document rules (the whole document is dropped, REASONS)
-    c4_lorem_ipsum               the line contains "lorem ipsum" (any case)
-    line edit  c4_lines_javascript   the line contains "javascript" (any case)
-    c4_curly_bracket             the line contains "{"
-    line edit  c4_lines_policy       the line contains a cookie/terms-of-use phrase (POLICY_PHRASES, any case)
-    after the last line:
-    c4_too_few_sentences         the kept lines hold fewer than min_sentences (5) sentences
-    c4_empty                     no line is left (only reachable with min_sentences = 0)
+    kind   name                         the line ...
+    edit   c4_lines_too_long_word       has a word (whitespace-separated token) over max_word_length (1,000) chars
+    (cut)  c4_citations                 loses its citation marks "[1]", "[edit]", "[citation needed]"
+                                        (remove_citations; counted per mark, the line stays)
+    edit   c4_lines_no_terminal_punct   does not end in . ? ! " ' or ends in "..." (terminal_punct: OFF by
+                                        default, as FineWeb runs C4; TFDS C4 has it on)
+    edit   c4_lines_too_few_words       has fewer than min_words_per_line (3) words (counted before the cut)
+    DROP   c4_lorem_ipsum               contains "lorem ipsum" (any case)
+    edit   c4_lines_javascript          contains "javascript" (any case)
+    DROP   c4_curly_bracket             contains "{"
+    edit   c4_lines_policy              contains a cookie/terms-of-use phrase (POLICY_PHRASES, any case)
+    then, over the kept lines:
+    DROP   c4_too_few_sentences         they hold fewer than min_sentences (5) sentences (count_sentences)
+    DROP   c4_empty                     none is left (only reachable with min_sentences = 0)
 
-So, exactly as in C4, the two document rules only look at lines that survived the line rules before them: a
+An edit removes the line from the document and is counted under its name (EDITS); a DROP rejects the whole
+document under its reason (REASONS). So, exactly as in C4, the two document rules only look at lines that survived the line rules before them: a
 "{" on a line that is removed for having too few words (or no terminal punctuation) does not drop the
 document, and a "{" on a line mentioning javascript is removed with that line.
 
@@ -35,6 +35,8 @@ datatrove's C4QualityFilter (tests/test_c4_fineweb.py checks every other decisio
 - a document left with no line is rejected (c4_empty); datatrove keeps it as an empty document.
 - 0 disables min_words_per_line, max_word_length and min_sentences (datatrove uses -1; its 0 for
   max_word_length would remove every line).
+- TFDS counts a line's words after cutting its citation marks; datatrove (and we) before. TFDS's end marks
+  lack "'" (datatrove's and ours have it).
 - edit counts are those of the documents C4 keeps: a document C4 drops is counted once, under its reason
   (datatrove's statistics also count the lines it removed before it reached the dropping line).
 
@@ -66,7 +68,7 @@ EDITS: tuple[str, ...] = (LINES_TOO_LONG_WORD, CITATIONS, LINES_NO_TERMINAL_PUNC
                           LINES_JAVASCRIPT, LINES_POLICY)
 _TOO_LONG, _CITATION, _NO_PUNCT, _FEW_WORDS, _JAVASCRIPT, _POLICY = range(len(EDITS))
 
-# TFDS c4_utils: _END_MARKS, _ELLIPSIS, _POLICY_SUBSTRINGS, _CITATION_REGEX.
+# As datatrove has them; TFDS c4_utils has the same ellipsis, phrases and citation marks, and no "'" in its end marks.
 END_MARKS = (".", "?", "!", '"', "'")
 ELLIPSIS = "..."
 POLICY_PHRASES = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
@@ -160,7 +162,9 @@ def _help(help_text: str) -> dict:
 
 @dataclass(frozen=True)
 class C4Config:
-    """Every C4 rule. Defaults are TFDS C4's, except terminal_punct, off as FineWeb runs C4 (see docs/filters.md)."""
+    """Every C4 rule. Defaults are the C4 paper's and datatrove's (3 words a line, 5 sentences, 1,000-character
+    words; TFDS's c4_utils constants are 5 words a line and 3 sentences), except terminal_punct: off, as FineWeb
+    runs C4 (the paper and TFDS have it on)."""
 
     terminal_punct: bool = field(default=False, metadata=_help(
         "remove lines that do not end in . ? ! \" ' (or end in ...); TFDS C4: on, FineWeb: off"))

@@ -1,8 +1,9 @@
 """Parse and filter stages: raw records -> Documents -> kept Documents; every record dropped is a Rejection.
 
 The Beam glue of the pure rules in pipeline.documents (parsing: invalid_utf8, malformed_record, empty,
-nul_bytes; a READ_ERROR record becomes unreadable_file) and pipeline.filters (the Gopher quality and
-repetition rules). Each stage returns (passed, rejected): every input element becomes exactly one of the two,
+nul_bytes; a READ_ERROR record becomes unreadable_file), pipeline.filters (the Gopher quality and repetition
+rules), pipeline.c4_rules (C4's line edits and document rules) and pipeline.fineweb_rules. Each stage returns
+(passed, rejected) (QualityFilter also its edit counts): every input element becomes exactly one of the two,
 which is what lets the manifest check read == kept + rejected.
 
 With a ``progress_dir`` (local runs) both stages also report their counts through pipeline.progress: "parse"
@@ -10,14 +11,19 @@ With a ``progress_dir`` (local runs) both stages also report their counts throug
 """
 from __future__ import annotations
 
+import dataclasses
+import operator
+
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from pipeline import documents, filters
+from pipeline import c4_rules, documents, filters, fineweb_rules
 from pipeline.bundles import in_global_window
 from pipeline.counters import COUNTER_NAMESPACE, UNREADABLE_FILE
 from pipeline.documents import Document, Rejection
+from pipeline.c4_rules import C4Config
 from pipeline.filters import FilterConfig
+from pipeline.fineweb_rules import FineWebConfig
 from pipeline.progress import FILTER, PARSE
 from pipeline.progress_dofn import ReportingDoFn
 from pipeline.read import JSON_LINE, RAW_KINDS, READ_ERROR, TEXT_FILE, VALUE
@@ -67,16 +73,20 @@ class ParseRecords(beam.PTransform):
         return out.documents, out.rejected
 
 
-class _FilterFn(ReportingDoFn):
-    """Documents -> kept Documents | tagged Rejections, judged in batches of about ``batch_chars`` characters.
+class _QualityFn(ReportingDoFn):
+    """Documents -> kept (edited) Documents | tagged Rejections | tagged (edit, count) pairs, in batches.
 
-    filters.reject_reasons runs the rules over a whole batch with numpy, which spreads numpy's per-call cost
-    over many documents (the reasons are those of one document at a time); a worker holds at most one open batch.
+    A worker gathers documents until they hold about ``batch_chars`` characters (at most one open batch), then
+    judges the batch: the Gopher rules over the whole batch at once (filters.reject_reasons, numpy passes that
+    spread numpy's per-call cost over many documents), then, per document that passed, C4's line edits and
+    document rules, then the FineWeb rules on the edited text. Each batch emits its non-zero C4 edit counts
+    as (edit name, count) pairs, so the counts cost one element per batch, not per document.
     """
 
-    def __init__(self, cfg: FilterConfig, batch_chars: int = filters.BATCH_CHARS, progress_dir: str | None = None):
+    def __init__(self, gopher: FilterConfig | None, c4: C4Config | None, fineweb: FineWebConfig | None,
+                 batch_chars: int = filters.BATCH_CHARS, progress_dir: str | None = None):
         super().__init__(progress_dir)
-        self.cfg, self.batch_chars = cfg, batch_chars
+        self.gopher, self.c4, self.fineweb, self.batch_chars = gopher, c4, fineweb, batch_chars
 
     def start_bundle(self):
         self._docs, self._chars = [], 0
@@ -93,24 +103,53 @@ class _FilterFn(ReportingDoFn):
 
     def _judge(self):
         docs, self._docs, self._chars = self._docs, [], 0
-        reasons = filters.reject_reasons([d.text for d in docs], self.cfg)
-        rejected = sum(reason is not None for reason in reasons)
-        self._progress.add(FILTER, passed=len(docs) - rejected, rejected=rejected)
+        if not docs:
+            return
+        reasons = filters.reject_reasons([d.text for d in docs], self.gopher) if self.gopher else [None] * len(docs)
+        edits = [0] * len(c4_rules.EDITS)
+        rejected = 0
         for doc, reason in zip(docs, reasons):
+            if reason is None and self.c4 is not None:
+                verdict = c4_rules.c4_clean(doc.text, self.c4)
+                reason = verdict.reason
+                if reason is None:
+                    edits = list(map(operator.add, edits, verdict.edits))
+                    if verdict.text != doc.text:
+                        doc = dataclasses.replace(doc, text=verdict.text)
+            if reason is None and self.fineweb is not None:
+                reason = fineweb_rules.fineweb_reason(doc.text, self.fineweb)
             if reason is None:
                 yield doc
             else:
+                rejected += 1
                 yield beam.pvalue.TaggedOutput("rejected", documents.rejection_for(doc, reason))
+        self._progress.add(FILTER, passed=len(docs) - rejected, rejected=rejected)
+        for name, count in zip(c4_rules.EDITS, edits):
+            if count:
+                yield beam.pvalue.TaggedOutput("edits", (name, count))
 
 
-class GopherFilter(beam.PTransform):
-    """Documents -> (kept Documents, Rejections named by the first failing Gopher rule)."""
+class QualityFilter(beam.PTransform):
+    """Documents -> (kept Documents, Rejections, (edit name, count) pairs): the Gopher, C4 and FineWeb rules.
 
-    def __init__(self, cfg: FilterConfig, progress_dir: str | None = None):
+    Each config that is None switches its rule set off. Order, as FineWeb's pipeline runs them: the Gopher rules
+    on the document as read, then C4's line edits and document rules, then the FineWeb rules on the text C4 left.
+    A kept document carries the edited text; a rejection names the first rule that failed (reasons of
+    pipeline.filters, c4_rules and fineweb_rules) and records the text that rule judged (the edited text for a
+    FineWeb rule). A document C4's line edits empty is rejected (c4_too_few_sentences, or c4_empty when the
+    sentence rule is off). Edit counts are C4's (c4_rules.EDITS) over the documents C4 kept, summed per batch.
+    """
+
+    def __init__(self, gopher: FilterConfig | None, c4: C4Config | None = None, fineweb: FineWebConfig | None = None,
+                 progress_dir: str | None = None, batch_chars: int = filters.BATCH_CHARS):
         super().__init__()
-        self.cfg, self.progress_dir = cfg, progress_dir
+        for cfg in (gopher, c4, fineweb):
+            if cfg is not None:
+                cfg.validate()
+        self.gopher, self.c4, self.fineweb = gopher, c4, fineweb
+        self.progress_dir, self.batch_chars = progress_dir, batch_chars
 
     def expand(self, docs):
-        fn = _FilterFn(self.cfg, progress_dir=self.progress_dir)
-        out = docs | "Rules" >> beam.ParDo(fn).with_outputs("rejected", main="kept")
-        return out.kept, out.rejected
+        fn = _QualityFn(self.gopher, self.c4, self.fineweb, self.batch_chars, self.progress_dir)
+        out = docs | "Rules" >> beam.ParDo(fn).with_outputs("rejected", "edits", main="kept")
+        return out.kept, out.rejected, out.edits

@@ -4,7 +4,7 @@ One Apache Beam pipeline; build_pipeline wires these stages, in this order, each
 
     pipeline.read             ReadFiles / ReadHuggingFace   input files or dataset rows -> raw records
     pipeline.filter_stage     ParseRecords                  raw record -> Document | Rejection (invalid_utf8, ...)
-                              GopherFilter                  Document -> kept | Rejection (too_few_words, ...)
+                              QualityFilter                 Document -> kept | Rejection (too_few_words, ...)
     pipeline.dedup            ExactDedup                    copies dropped where they are read, then per bucket of
                                                             text hashes: one document per text stays, no hot key
     pipeline.tokenizer_stage  TrainTokenizer / GivenTokenizer   hash sample -> DIR/tokenizer.model -> tokenizer info
@@ -381,7 +381,7 @@ def build_pipeline(p, args, cfg: FilterConfig | None, sizes: dict[str, int], hf_
     import apache_beam as beam
 
     from pipeline.dedup import ExactDedup
-    from pipeline.filter_stage import GopherFilter, ParseRecords
+    from pipeline.filter_stage import ParseRecords, QualityFilter
     from pipeline.manifest_stage import WriteManifest
     from pipeline.read import ReadFiles, ReadHuggingFace
     from pipeline.rejected import CountRejected, WriteRejected
@@ -404,8 +404,9 @@ def build_pipeline(p, args, cfg: FilterConfig | None, sizes: dict[str, int], hf_
     edits = []  # (edit, count) PCollections of the stages that change text
     kept = docs
     if cfg is not None:
-        kept, low_quality = docs | "GopherFilter" >> GopherFilter(cfg, progress_dir=progress)
+        kept, low_quality, quality_edits = docs | "QualityFilter" >> QualityFilter(cfg, None, None, progress)
         dropping.append(("quality", low_quality))
+        edits.append(quality_edits)
     unique, dropped_early, duplicates = kept | "ExactDedup" >> ExactDedup(dedup_buckets, progress)
     dropping += [("dedup_early", dropped_early), ("dedup", duplicates)]
     if given_tokenizer is not None:

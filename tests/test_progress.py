@@ -233,7 +233,7 @@ def test_read_and_hf_rows_report_through_the_dofns(tmp_path):
 def test_read_parse_filter_report_on_fnapi_runner(tmp_path, make_text, write_jsonl, beam_pipeline):
     from references import require
     require("apache_beam")
-    from pipeline.filter_stage import GopherFilter, ParseRecords
+    from pipeline.filter_stage import ParseRecords, QualityFilter
     from pipeline.filters import FilterConfig
     from pipeline.read import ReadFiles
 
@@ -250,7 +250,7 @@ def test_read_parse_filter_report_on_fnapi_runner(tmp_path, make_text, write_jso
     with beam_pipeline() as p:
         records = p | ReadFiles(paths, sizes=sizes, progress_dir=progress)
         docs, _ = records | ParseRecords(progress_dir=progress)
-        _ = docs | GopherFilter(FilterConfig(), progress_dir=progress)
+        _ = docs | QualityFilter(FilterConfig(), None, None, progress_dir=progress)
     # 9 raw records: 6 + 2 lines, and the broken file's READ_ERROR; "not json" and the error are rejected at
     # parsing, "too short" by the filters.
     assert read_counts(progress) == {

@@ -27,7 +27,7 @@ from pipeline import filters  # noqa: E402
 from pipeline.counters import COUNTER_NAMESPACE  # noqa: E402
 from pipeline.dedup import ExactDedup  # noqa: E402
 from pipeline.documents import Document, Rejection, dedup_key, document_key  # noqa: E402
-from pipeline.filter_stage import GopherFilter, ParseRecords, _FilterFn, _ParseFn  # noqa: E402
+from pipeline.filter_stage import ParseRecords, QualityFilter, _ParseFn, _QualityFn  # noqa: E402
 from pipeline.filters import FilterConfig  # noqa: E402
 from pipeline.layout import RUNS_DIR, shard_path  # noqa: E402
 from pipeline.manifest_stage import build_manifest  # noqa: E402
@@ -335,7 +335,7 @@ def test_parse_filter_dedup_stages(make_text, beam_pipeline):
     ]
     with beam_pipeline() as p:
         docs, bad = p | beam.Create(records) | ParseRecords()
-        kept, low = docs | GopherFilter(FilterConfig())
+        kept, low, _ = docs | QualityFilter(FilterConfig(), None, None)
         unique, early, dups = kept | ExactDedup()
         rejected = (bad, low, early, dups) | beam.Flatten()
         assert_that(unique | beam.Map(lambda kv: (kv[0], kv[1].id)),
@@ -354,8 +354,8 @@ def test_gopher_filter_in_batches_keeps_and_rejects_each_document_once(make_text
     expected = {d.id: filters.reject_reason(d.text, FilterConfig()) for d in docs}
     assert set(expected.values()) == {None, "too_few_words"}
     with beam_pipeline() as p:
-        out = p | beam.Create(docs) | beam.ParDo(_FilterFn(FilterConfig(), batch_chars)).with_outputs(
-            "rejected", main="kept")
+        out = p | beam.Create(docs) | beam.ParDo(_QualityFn(FilterConfig(), None, None, batch_chars)).with_outputs(
+            "rejected", "edits", main="kept")
         assert_that(out.kept | beam.Map(lambda d: d.id), equal_to([k for k, r in expected.items() if r is None]),
                     label="kept")
         assert_that(out.rejected | beam.Map(lambda r: (r.id, r.reason)),

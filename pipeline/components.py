@@ -1,0 +1,181 @@
+"""Connected components of the near-duplicate graph, as Beam stages: alternating large-star / small-star rounds.
+
+The algorithm is Kiveris et al., "Connected Components in MapReduce and Beyond" (SoCC 2014). Nodes are
+totally ordered (here: document ranks, so a component's minimum is its smallest (document_key, source)); an
+edge is stored as (child, parent) with child > parent. One round is two steps, each a grouping by node:
+
+    large-star  at each node u, with m = the smallest of u and all its neighbours: every neighbour v > u is
+                linked to m instead of u, i.e. edge {v, u} becomes (v, m)
+    small-star  at each node u, with m = the smallest of u and its neighbours below it: u and every neighbour
+                below it are linked to m, i.e. edges (u, p) become (p, m) and (u, m)
+
+Both steps keep every component connected and never join two; alternating them reaches, in O(log^2 n) rounds
+for n nodes (the paper's bound, and a few rounds in practice even on chains), the fixed point where every
+component is a star whose centre is its minimum: then each node's one parent is its component's label.
+
+The rounds are Beam stages, so their number is fixed when the pipeline is built (``max_rounds``). After the
+last round a check (a combiner per node: smallest and largest parent, whether it is a parent itself) confirms
+the fixed point; if any node still has two parents, or a parent that has a parent, the run fails with an error
+naming ``--minhash-max-rounds``, never a wrong clustering. Each step's group holds one node's neighbours, read
+in two passes (the minimum, then the edges) and never listed; duplicate edges are removed after each round
+with Beam's Distinct, whose combiner keeps one copy per edge.
+
+The pure step functions below are what the Beam stages run; ``components`` runs them in memory, for tests
+and for counting rounds.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Iterable, TypeVar
+
+import apache_beam as beam
+
+N = TypeVar("N")  # a node id: anything totally ordered and picklable (here a (document_key, source) tuple)
+
+ROUNDS_FLAG = "--minhash-max-rounds"
+
+
+def large_star(u: N, neighbours: Iterable[N]) -> Iterable[tuple[N, N]]:
+    """Large-star at node ``u``: (v, m) for every neighbour v > u, m the smallest of u and its neighbours.
+    ``neighbours`` (every node sharing an edge with u, in either direction) is iterated twice."""
+    m = min(neighbours, default=u)
+    m = min(m, u)
+    for v in neighbours:
+        if v > u:
+            yield v, m
+
+
+def small_star(u: N, parents: Iterable[N]) -> Iterable[tuple[N, N]]:
+    """Small-star at node ``u``: (v, m) for u and every neighbour v < u (``parents``, iterated twice) except m,
+    m the smallest of them."""
+    m = min(parents, default=u)
+    if m >= u:
+        return
+    yield u, m
+    for v in parents:
+        if v != m:
+            yield v, m
+
+
+def edges_by_node(edges: Iterable[tuple[N, N]]) -> Iterable[tuple[N, N]]:
+    """Each edge (child, parent) keyed by both ends: the input of a large-star grouping."""
+    for c, p in edges:
+        yield c, p
+        yield p, c
+
+
+def star_check(node: N, acc: tuple) -> tuple[N, N] | None:
+    """After the last round: (node, its component's label) for a node with a parent, None for a centre.
+    ``acc`` = (smallest parent, largest parent, is a parent) of the node (StarCheckFn). Raises RuntimeError,
+    naming the option to raise, when the node is not part of a star centred on its component's minimum."""
+    low, high, is_parent = acc
+    if low is None:
+        return None
+    if low != high or is_parent:
+        raise RuntimeError(
+            f"near-dedup clustering did not converge in its rounds: node {node!r} still has "
+            f"{'two parents' if low != high else 'a parent that has a parent'}; raise {ROUNDS_FLAG} "
+            "(each round costs three shuffles of the candidate edges)")
+    return node, low
+
+
+def components(edges: Iterable[tuple[N, N]], max_rounds: int) -> tuple[dict[N, N], int]:
+    """In memory: ({node: its component's smallest node} for every node with a smaller one, rounds that changed
+    the edge set). Runs the same steps as ConnectedComponents; raises RuntimeError as it does."""
+    current = {(max(a, b), min(a, b)) for a, b in edges if a != b}
+    changed = 0
+    for _ in range(max_rounds):
+        after_large = set(_grouped(large_star, edges_by_node(current)))
+        after_small = set(_grouped(small_star, after_large))
+        if after_small == current:
+            break
+        current, changed = after_small, changed + 1
+    acc: dict = defaultdict(lambda: (None, None, False))
+    for c, p in current:
+        low, high, _ = acc[c]
+        acc[c] = (p if low is None else min(low, p), p if high is None else max(high, p), acc[c][2])
+        acc[p] = acc[p][:2] + (True,)
+    labels = {}
+    for node, a in acc.items():
+        out = star_check(node, a)
+        if out is not None:
+            labels[out[0]] = out[1]
+    return labels, changed
+
+
+def _grouped(step, pairs):
+    groups = defaultdict(list)
+    for k, v in pairs:
+        groups[k].append(v)
+    for k in sorted(groups):
+        yield from step(k, groups[k])
+
+
+class StarCheckFn(beam.CombineFn):
+    """Per node: (smallest parent, largest parent, whether it is a parent), from ("child", p) / ("parent", None)
+    marks. A few values per node whatever its degree."""
+
+    def create_accumulator(self):
+        return None, None, False
+
+    def add_input(self, acc, mark):
+        low, high, is_parent = acc
+        kind, p = mark
+        if kind == "parent":
+            return low, high, True
+        return (p if low is None or p < low else low), (p if high is None or p > high else high), is_parent
+
+    def merge_accumulators(self, accs):
+        out = self.create_accumulator()
+        for low, high, is_parent in accs:
+            if low is not None:
+                out = self.add_input(self.add_input(out, ("child", low)), ("child", high))
+            if is_parent:
+                out = out[:2] + (True,)
+        return out
+
+    def extract_output(self, acc):
+        return acc
+
+
+def _marks(edge):
+    c, p = edge
+    yield c, ("child", p)
+    yield p, ("parent", None)
+
+
+def _check(element):
+    out = star_check(*element)
+    if out is not None:
+        yield out
+
+
+class ConnectedComponents(beam.PTransform):
+    """(child, parent) edges -> (node, its component's smallest node) for every node that is not its component's
+    smallest; ``max_rounds`` large-star/small-star rounds, then the fixed-point check (module docstring)."""
+
+    def __init__(self, max_rounds: int):
+        super().__init__()
+        if max_rounds < 1:
+            raise ValueError(f"ConnectedComponents needs at least one round ({ROUNDS_FLAG}), got {max_rounds}")
+        self.max_rounds = max_rounds
+
+    def expand(self, edges):
+        edges = edges | "Orient" >> beam.Map(lambda e: (max(e), min(e))) | "NoLoops" >> beam.Filter(
+            lambda e: e[0] != e[1]) | "Distinct0" >> beam.Distinct()
+        for r in range(1, self.max_rounds + 1):
+            edges = (
+                edges
+                | f"ByNode{r}" >> beam.FlatMap(edges_by_node)
+                | f"GroupLarge{r}" >> beam.GroupByKey()
+                | f"LargeStar{r}" >> beam.FlatMapTuple(large_star)
+                | f"GroupSmall{r}" >> beam.GroupByKey()
+                | f"SmallStar{r}" >> beam.FlatMapTuple(small_star)
+                | f"Distinct{r}" >> beam.Distinct()
+            )
+        return (
+            edges
+            | "Marks" >> beam.FlatMap(_marks)
+            | "PerNode" >> beam.CombinePerKey(StarCheckFn())
+            | "Check" >> beam.FlatMap(_check)
+        )

@@ -2,7 +2,8 @@
 
 Counters (namespace COUNTER_NAMESPACE): ``files`` (input files opened), ``read`` (raw records parsed),
 ``kept`` and ``tokens`` (documents and tokens written to shards), ``rejected_<reason>`` (one per reason).
-The manifest lists every reason in REASONS, with 0 for those that never fired, so two runs' counts line up.
+The manifest lists every reason in REASONS and every edit in EDITS, with 0 for those that never happened, so
+two runs' counts line up.
 
 Distributions (same namespace), one per grouping step, of the bytes of the values under one key
 (pipeline.packing.document_size, token_batch_size), so that a run reports its largest group: GROUP_METRICS.
@@ -17,6 +18,10 @@ COUNTER_NAMESPACE = "prepare"
 UNREADABLE_FILE = "unreadable_file"  # a file that cannot be opened, decompressed or parsed as its format
 EXACT_DUPLICATE = "exact_duplicate"  # same dedup_key as a document with a smaller (document_key, source)
 REASONS: tuple[str, ...] = (UNREADABLE_FILE,) + documents.REASONS + filters.REASONS + (EXACT_DUPLICATE,)
+
+# Edits that change a kept document's text (lines removed by a rule, redactions), counted per name; the
+# manifest's "edits" lists every one, 0 for those that never happened.
+EDITS: tuple[str, ...] = ()
 
 # Grouping step -> the name of its distribution metric of group sizes in bytes.
 GROUP_METRICS = {

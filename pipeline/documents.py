@@ -34,7 +34,11 @@ MAX_REJECTED_CHARS = 64 * 1024
 
 @dataclass(frozen=True)
 class Document:
-    """One accepted document. ``source`` is where it came from ("path:lineno" for JSONL, the path for .txt)."""
+    """One accepted document. ``source`` is where it came from ("path:lineno" for JSONL, the path for .txt).
+
+    Stages that change a document (line edits, language ID, redaction) make a new one with
+    ``dataclasses.replace``; a Document is never mutated.
+    """
 
     id: str
     text: str
@@ -42,16 +46,23 @@ class Document:
     # True when the record carried no id and ``id`` was derived from ``source``; then document_key() uses
     # the content hash, so a document's shard does not depend on where its file happens to live.
     derived_id: bool = False
+    url: str = ""  # the page's URL when the input carries one (a WET record, the --url-field of a row), else ""
+    language: str = ""  # lid.176's label ("en", "de", ...) once language ID ran, else ""
 
 
 @dataclass(frozen=True)
 class Rejection:
-    """One dropped record. ``text`` is bounded (see :data:`MAX_REJECTED_CHARS`) and always valid UTF-8."""
+    """One dropped record. ``text`` is bounded (see :data:`MAX_REJECTED_CHARS`) and always valid UTF-8.
+
+    ``details`` are (key, JSON scalar) pairs that say more about the decision (``duplicate_of``, ``language``,
+    ``language_score``, ``url``); they become extra keys of the rejected record.
+    """
 
     id: str
     source: str
     reason: str
     text: str
+    details: tuple[tuple[str, object], ...] = ()
 
 
 def _bounded(text: str) -> str:
@@ -71,21 +82,35 @@ def _escaped_bytes(raw: bytes) -> str:
     return text
 
 
-def rejection_for(doc: Document, reason: str) -> Rejection:
-    """The Rejection recording that ``doc`` was dropped for ``reason`` (e.g. by a quality filter)."""
-    return Rejection(id=doc.id, source=doc.source, reason=reason, text=_bounded(doc.text))
+def rejection_for(doc: Document, reason: str, **details) -> Rejection:
+    """The Rejection recording that ``doc`` was dropped for ``reason`` (e.g. by a quality filter), with the
+    document's url (when it has one) and ``details`` (JSON scalars) as extra keys of its rejected record."""
+    if doc.url:
+        details.setdefault("url", doc.url)
+    return Rejection(id=doc.id, source=doc.source, reason=reason, text=_bounded(doc.text),
+                     details=tuple(sorted(details.items())))
+
+
+RECORD_KEYS = ("id", "source", "reason", "text")  # a rejected record's own keys; details never replace them
 
 
 def to_rejection_record(r: Rejection) -> dict:
-    """The JSON object written to rejected/*.jsonl.gz for one dropped record."""
-    return {"id": r.id, "source": r.source, "reason": r.reason, "text": r.text}
+    """The JSON object written to rejected/*.jsonl.gz for one dropped record: id, source, reason, text, then the
+    details."""
+    record = {"id": r.id, "source": r.source, "reason": r.reason, "text": r.text}
+    for key, value in r.details:
+        if key in RECORD_KEYS:
+            raise ValueError(f"rejection detail {key!r} would replace the record's own key; rename it")
+        record[key] = value
+    return record
 
 
-def parse_value(text, doc_id, source: str) -> Document | Rejection:
+def parse_value(text, doc_id, source: str, url=None) -> Document | Rejection:
     """One text value (a Parquet cell, a dataset row, a decoded JSON field) -> Document or Rejection.
 
     ``text`` may be str or bytes (decoded as UTF-8); anything else (None, numbers) is a malformed record.
-    ``doc_id`` may be a str or int; None or "" derives the id from ``source``.
+    ``doc_id`` may be a str or int; None or "" derives the id from ``source``. ``url``: the record's URL; a
+    string becomes Document.url, anything else (None, a number) is ignored, as a missing URL is.
     """
     if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)) or doc_id == "":
         doc_id, derived = source, True
@@ -117,11 +142,14 @@ def parse_value(text, doc_id, source: str) -> Document | Rejection:
                 reason = NUL_BYTES
     if reason is not None:
         return Rejection(id=_bounded(doc_id), source=source, reason=reason, text=_bounded(text))
-    return Document(id=doc_id, text=text, source=source, derived_id=derived)
+    url = url if isinstance(url, str) else ""
+    return Document(id=doc_id, text=text, source=source, derived_id=derived, url=url)
 
 
-def parse_json_line(raw: bytes, source: str, text_field: str = "text", id_field: str = "id") -> Document | Rejection:
-    """One JSONL line (bytes, with or without its newline) -> Document or Rejection. Never raises."""
+def parse_json_line(raw: bytes, source: str, text_field: str = "text", id_field: str = "id",
+                    url_field: str = "url") -> Document | Rejection:
+    """One JSONL line (bytes, with or without its newline) -> Document or Rejection. Never raises. The
+    ``url_field`` value, when it is a string, becomes Document.url."""
     try:
         line = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -145,7 +173,7 @@ def parse_json_line(raw: bytes, source: str, text_field: str = "text", id_field:
     if not isinstance(value, str):  # JSON has no bytes: a non-string text is a malformed record
         value = f"{text_field!r} is a JSON {type(value).__name__}, not a string: {line}"
         return Rejection(id=source, source=source, reason=MALFORMED_RECORD, text=_bounded(value))
-    return parse_value(value, record.get(id_field), source)
+    return parse_value(value, record.get(id_field), source, record.get(url_field))
 
 
 def parse_text_file(raw: bytes, source: str) -> Document | Rejection:

@@ -4,6 +4,8 @@ Numpy-free and Beam-free (stdlib only) so the trainer can read it. The keys belo
 keys may be added freely::
 
     {"documents": {"read": N, "kept": K, "rejected": {"<reason>": n, ...}},   # read == kept + sum(rejected)
+     "edits": {"<edit>": n, ...},              # kept documents' text changed: lines removed per rule, redactions
+     "languages": {"en": {"documents": d, "tokens": t}, ...},   # kept, by identified language ({} when off)
      "tokens": {"train": T, "val": V},
      "tokenizer": {"path": "tokenizer.model", "vocab_size": int, "eos_id": int, "sha256": str,
                    "kind": "sentencepiece" | "huggingface"},   # kind absent: sentencepiece (pipeline.tokenizer_file)

@@ -13,15 +13,19 @@ import os
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.counters import REASONS
+from pipeline.counters import EDITS, REASONS
 from pipeline.layout import REJECTED_DIR, SPLITS
 from pipeline.manifest import MANIFEST_NAME, manifest_json
 from pipeline.write import remove_runs, write_bytes
 
 
 def build_manifest(read: int, rejected: dict[str, int], shard_stats: list[dict], info: dict, config: dict,
-                   rejected_files: list[str] = ()) -> dict:
-    """The manifest.json content from the pipeline's totals (pure; the invariant read == kept + rejected is checked)."""
+                   rejected_files: list[str] = (), edits: dict[str, int] | None = None,
+                   languages: dict[str, tuple[int, int]] | None = None) -> dict:
+    """The manifest.json content from the pipeline's totals (pure; the invariant read == kept + rejected is checked).
+
+    ``edits``: {edit name: count} (every name of counters.EDITS is listed); ``languages``: {language: (kept
+    documents, tokens)} for documents whose language was identified."""
     shards = sorted(shard_stats, key=lambda s: (SPLITS.index(s["split"]), s["path"]))
     kept = sum(s["documents"] for s in shards)
     counts = {reason: 0 for reason in REASONS}
@@ -29,8 +33,12 @@ def build_manifest(read: int, rejected: dict[str, int], shard_stats: list[dict],
     if read != kept + sum(counts.values()):  # a run that lost or duplicated records must not look finished
         raise RuntimeError(f"records read ({read}) != kept ({kept}) + rejected ({sum(counts.values())}): a stage "
                            "lost or duplicated records; the manifest was not written")
+    edit_counts = {name: 0 for name in EDITS}
+    edit_counts.update(edits or {})
     return {
         "documents": {"read": read, "kept": kept, "rejected": counts},
+        "edits": edit_counts,
+        "languages": {lang: {"documents": d, "tokens": t} for lang, (d, t) in sorted((languages or {}).items())},
         "tokens": {split: sum(s["tokens"] for s in shards if s["split"] == split) for split in SPLITS},
         "tokenizer": {
             "path": info["path"],
@@ -47,12 +55,21 @@ def build_manifest(read: int, rejected: dict[str, int], shard_stats: list[dict],
     }
 
 
+def _sum_pairs(pairs) -> tuple[int, int]:
+    """(documents, tokens) pairs -> their sums (a CombinePerKey function: it may see partial sums)."""
+    docs = tokens = 0
+    for d, t in pairs:
+        docs, tokens = docs + d, tokens + t
+    return docs, tokens
+
+
 class _WriteManifestFn(beam.DoFn):
     def __init__(self, output_dir: str, config: dict):
         self.output_dir, self.config = output_dir, config
 
-    def process(self, _, read, rejected, shard_stats, info, rejected_files):
-        manifest = build_manifest(read, dict(rejected), list(shard_stats), info, self.config, list(rejected_files))
+    def process(self, _, read, rejected, shard_stats, info, rejected_files, edits, languages):
+        manifest = build_manifest(read, dict(rejected), list(shard_stats), info, self.config, list(rejected_files),
+                                  dict(edits), {lang: tuple(n) for lang, n in languages.items()})
         remove_runs(self.output_dir)  # every shard is in place (its stats are here); a retry finds none left
         path = FileSystems.join(self.output_dir, MANIFEST_NAME)
         write_bytes(path, manifest_json(manifest, path).encode("utf-8"))
@@ -63,18 +80,24 @@ class WriteManifest(beam.PTransform):
     """PBegin -> [manifest]: runs after every shard, the tokenizer and the rejected files are in place.
 
     ``reason_counts`` are (reason, count) pairs (CountRejected of each dropping stage, flattened: a reason may
-    appear more than once); ``rejected_files`` the names returned by every WriteRejected.
+    appear more than once); ``rejected_files`` the names returned by every WriteRejected; ``edit_counts``
+    (edit, count) pairs of the stages that edit text; ``language_counts`` (language, (documents, tokens)) pairs
+    of the tokenize stage. A name may appear many times in each: they are summed here.
     """
 
-    def __init__(self, output_dir: str, config: dict, records, reason_counts, shard_stats, tokenizer, rejected_files):
+    def __init__(self, output_dir: str, config: dict, records, reason_counts, shard_stats, tokenizer, rejected_files,
+                 edit_counts, language_counts):
         super().__init__()
         self.output_dir, self.config = output_dir, config
         self.records, self.reason_counts, self.shard_stats = records, reason_counts, shard_stats
         self.tokenizer, self.rejected_files = tokenizer, rejected_files
+        self.edit_counts, self.language_counts = edit_counts, language_counts
 
     def expand(self, pbegin):
         read = self.records | "CountRead" >> beam.combiners.Count.Globally()
         per_reason = self.reason_counts | "SumPerReason" >> beam.CombinePerKey(sum)
+        per_edit = self.edit_counts | "SumPerEdit" >> beam.CombinePerKey(sum)
+        per_language = self.language_counts | "SumPerLanguage" >> beam.CombinePerKey(_sum_pairs)
         AsList, AsDict, AsSingleton = beam.pvalue.AsList, beam.pvalue.AsDict, beam.pvalue.AsSingleton
         return (
             pbegin
@@ -82,6 +105,6 @@ class WriteManifest(beam.PTransform):
             | "Write" >> beam.ParDo(
                 _WriteManifestFn(self.output_dir, self.config),
                 AsSingleton(read), AsDict(per_reason), AsList(self.shard_stats), AsSingleton(self.tokenizer),
-                AsList(self.rejected_files),
+                AsList(self.rejected_files), AsDict(per_edit), AsDict(per_language),
             )
         )

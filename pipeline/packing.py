@@ -23,15 +23,19 @@ def _zstd():
     return _ZSTD
 
 
-def pack_document(doc: Document) -> tuple[str, str, bool, bytes]:
-    """A Document as it crosses the dedup shuffle: (id, source, derived_id, zstd frame of its UTF-8 text)."""
-    return doc.id, doc.source, doc.derived_id, _zstd().compressor.compress(doc.text.encode("utf-8"))
+PackedDocument = tuple[str, str, bool, str, str, bytes]
 
 
-def unpack_document(packed: tuple[str, str, bool, bytes]) -> Document:
-    doc_id, source, derived_id, text = packed
+def pack_document(doc: Document) -> PackedDocument:
+    """A Document as it crosses a shuffle: (id, source, derived_id, url, language, zstd frame of its UTF-8 text)."""
+    return (doc.id, doc.source, doc.derived_id, doc.url, doc.language,
+            _zstd().compressor.compress(doc.text.encode("utf-8")))
+
+
+def unpack_document(packed: PackedDocument) -> Document:
+    doc_id, source, derived_id, url, language, text = packed
     return Document(id=doc_id, text=_zstd().decompressor.decompress(text).decode("utf-8"), source=source,
-                    derived_id=derived_id)
+                    derived_id=derived_id, url=url, language=language)
 
 
 def pack_token_batch(items: list[tuple[tuple[str, str], bytes]]) -> tuple[list, list[int], bytes]:
@@ -42,10 +46,11 @@ def pack_token_batch(items: list[tuple[tuple[str, str], bytes]]) -> tuple[list, 
     return [k for k, _ in items], [len(b) for _, b in items], blob
 
 
-def document_size(packed: tuple[str, str, bool, bytes]) -> int:
+def document_size(packed: PackedDocument) -> int:
     """Bytes of a packed document as it crosses a shuffle (its strings and compressed text, a flag counted as 8,
     without the coder's framing): what the dedup group-size metric adds up."""
-    return len(packed[0]) + len(packed[1]) + 8 + len(packed[3])
+    doc_id, source, _, url, language, text = packed
+    return len(doc_id) + len(source) + 8 + len(url) + len(language) + len(text)
 
 
 def token_batch_size(packed: tuple[list, list[int], bytes]) -> int:

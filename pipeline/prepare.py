@@ -401,6 +401,7 @@ def build_pipeline(p, args, cfg: FilterConfig | None, sizes: dict[str, int], hf_
 
     docs, unparsable = records | "ParseRecords" >> ParseRecords(args.text_field, args.id_field, progress)
     dropping = [("parse", unparsable)]
+    edits = []  # (edit, count) PCollections of the stages that change text
     kept = docs
     if cfg is not None:
         kept, low_quality = docs | "GopherFilter" >> GopherFilter(cfg, progress_dir=progress)
@@ -415,7 +416,7 @@ def build_pipeline(p, args, cfg: FilterConfig | None, sizes: dict[str, int], hf_
     val_shards = args.val_shards if args.val_fraction > 0 else 0
     plan = kept | "PlanWrite" >> PlanWrite(tokenizer, args.val_fraction, args.train_shards, val_shards,
                                            int(args.max_group_mb * (1 << 20)), groups)
-    keyed = unique | "Tokenize" >> TokenizeAndAssign(tokenizer, plan, args.val_fraction, args.train_shards,
+    keyed, language_counts = unique | "Tokenize" >> TokenizeAndAssign(tokenizer, plan, args.val_fraction, args.train_shards,
                                                      val_shards, progress_dir=progress)
     shard_stats = keyed | "WriteShards" >> WriteShards(tokenizer, plan, out, args.train_shards, val_shards, progress)
     # Each dropping stage writes and counts its own rejections (no Flatten first), so that work fuses into
@@ -426,8 +427,9 @@ def build_pipeline(p, args, cfg: FilterConfig | None, sizes: dict[str, int], hf_
         counts.append(rejected | f"CountRejected-{stage}" >> CountRejected())
     rejected_files = files | "AllRejectedFiles" >> beam.Flatten()
     reason_counts = counts | "AllReasonCounts" >> beam.Flatten()
+    edit_counts = edits | "AllEditCounts" >> beam.Flatten() if edits else p | "NoEdits" >> beam.Create([])
     _ = p | "WriteManifest" >> WriteManifest(out, config, records, reason_counts, shard_stats, tokenizer,
-                                             rejected_files)
+                                             rejected_files, edit_counts, language_counts)
 
 
 @dataclass

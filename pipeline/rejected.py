@@ -1,7 +1,8 @@
 """Rejected records: each dropping stage's Rejections -> DIR/rejected/STAGE-SSSSS-of-NNNNN.jsonl.gz, and counts.
 
 Every dropped record is kept (its text bounded, see pipeline.documents.MAX_REJECTED_CHARS) with the reason it
-was dropped, one JSON object per line: ``{"id", "source", "reason", "text"}``. WriteRejected writes them,
+was dropped, one JSON object per line: ``{"id", "source", "reason", "text"}`` and the stage's details
+(``url``, ``duplicate_of``, ``language``, ``language_score``; pipeline.documents.Rejection). WriteRejected writes them,
 CountRejected counts them per reason for the manifest.
 """
 from __future__ import annotations

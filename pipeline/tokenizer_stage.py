@@ -216,6 +216,7 @@ class _TokenizeFn(ReportingDoFn):
 
     def start_bundle(self):
         self._batches: dict[tuple[str, int, int], tuple[list, int]] = {}  # group -> (items, token bytes)
+        self._languages: dict[str, list[int]] = {}  # language -> [documents, tokens] of this bundle
 
     def process(self, element, info, plan):
         dkey, doc = element
@@ -230,6 +231,10 @@ class _TokenizeFn(ReportingDoFn):
         self.kept.inc()
         self.tokens.inc(len(ids))
         self._progress.add(TOKENIZE, documents=1, tokens=len(ids))
+        if doc.language:
+            counts = self._languages.setdefault(doc.language, [0, 0])
+            counts[0] += 1
+            counts[1] += len(ids)
         token_bytes = ids.astype(self._dtype).tobytes()
         items, size = self._batches.get(group, ([], 0))
         items.append(((key, dkey), token_bytes))
@@ -243,13 +248,19 @@ class _TokenizeFn(ReportingDoFn):
     def finish_bundle(self):
         for group, (items, _) in sorted(self._batches.items()):
             yield in_global_window((group, pack_token_batch(items)))
-        self._batches = {}
+        for language, (docs, tokens) in sorted(self._languages.items()):
+            yield beam.pvalue.TaggedOutput(LANGUAGES, in_global_window((language, (docs, tokens))))
+        self._batches, self._languages = {}, {}
         super().finish_bundle()
 
 
+LANGUAGES = "languages"  # the tagged output of (language, (documents, tokens)) per bundle
+
+
 class TokenizeAndAssign(beam.PTransform):
-    """(dedup_key, Document) -> batches of token bytes keyed by write group (split, shard, part); the tokenizer
-    info and the write plan (pipeline.write.PlanWrite) are singleton side inputs. ``batch_bytes`` defaults to
+    """(dedup_key, Document) -> (batches of token bytes keyed by write group (split, shard, part), and
+    (language, (documents, tokens)) per bundle for documents whose language is known); the tokenizer info and the
+    write plan (pipeline.write.PlanWrite) are singleton side inputs. ``batch_bytes`` defaults to
     token_batch_bytes of the number of write groups."""
 
     def __init__(self, tokenizer, plan, val_fraction: float, train_shards: int, val_shards: int,
@@ -260,5 +271,6 @@ class TokenizeAndAssign(beam.PTransform):
 
     def expand(self, unique):
         fn = _TokenizeFn(self.val_fraction, self.train_shards, self.val_shards, self.batch_bytes, self.progress_dir)
-        return unique | "Encode" >> beam.ParDo(fn, beam.pvalue.AsSingleton(self.tokenizer),
-                                               beam.pvalue.AsSingleton(self.plan))
+        out = unique | "Encode" >> beam.ParDo(fn, beam.pvalue.AsSingleton(self.tokenizer),
+                                              beam.pvalue.AsSingleton(self.plan)).with_outputs(LANGUAGES, main="batches")
+        return out.batches, out[LANGUAGES]

@@ -15,9 +15,17 @@ from pipeline.documents import (MAX_REJECTED_CHARS, Document, Rejection, dedup_k
 
 
 def test_json_line_with_id_and_text():
-    out = parse_json_line(b'{"id": "doc-7", "text": "The river ran.", "url": "x"}\n', "a.jsonl:3")
-    assert out == Document(id="doc-7", text="The river ran.", source="a.jsonl:3")
+    out = parse_json_line(b'{"id": "doc-7", "text": "The river ran.", "url": "https://a.example/x"}\n', "a.jsonl:3")
+    assert out == Document(id="doc-7", text="The river ran.", source="a.jsonl:3", url="https://a.example/x")
     assert document_key(out) == "id:doc-7"
+
+
+def test_url_field_is_named_and_only_strings_count():
+    raw = b'{"text": "Words.", "link": "https://b.example/", "url": 7}'
+    assert parse_json_line(raw, "a.jsonl:1").url == ""  # a number is no URL
+    assert parse_json_line(raw, "a.jsonl:1", url_field="link").url == "https://b.example/"
+    assert parse_value("Words.", "r", "t.parquet:1", url=None).url == ""
+    assert parse_value("Words.", "r", "t.parquet:1", url="https://c.example/").url == "https://c.example/"
 
 
 def test_custom_text_and_id_fields_and_integer_ids():
@@ -110,6 +118,15 @@ def test_rejection_for_and_record():
     assert to_rejection_record(r) == {"id": "d1", "source": "s.jsonl:1", "reason": "too_few_words",
                                       "text": r.text}
     assert r.text.startswith("word word") and len(r.text) < MAX_REJECTED_CHARS + 100
+
+
+def test_rejection_details_and_url_become_record_keys():
+    doc = Document("d2", "Some text.", "s.jsonl:2", url="https://a.example/p")
+    r = rejection_for(doc, "near_duplicate", duplicate_of="id:d1")
+    assert to_rejection_record(r) == {"id": "d2", "source": "s.jsonl:2", "reason": "near_duplicate",
+                                      "text": "Some text.", "duplicate_of": "id:d1", "url": "https://a.example/p"}
+    with pytest.raises(ValueError, match="'text'"):
+        to_rejection_record(rejection_for(doc, "language", text="x"))
 
 
 def test_dedup_key_collapses_whitespace_only():

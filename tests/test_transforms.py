@@ -153,10 +153,11 @@ def test_build_manifest_checks_read_equals_kept_plus_rejected():
 
 def test_packed_documents_round_trip_smaller():
     docs = [Document(id="a", text="Ünïcode text, tabs\tand\nnew lines. " * 40, source="f.jsonl:1"),
-            Document(id="f.txt", text="x", source="f.txt", derived_id=True)]
+            Document(id="f.txt", text="x", source="f.txt", derived_id=True),
+            Document(id="w", text="y", source="c.warc.wet.gz", url="https://a.example/", language="en")]
     packed = [pack_document(d) for d in docs]
     assert [unpack_document(p) for p in packed] == docs
-    assert len(packed[0][3]) < len(docs[0].text.encode("utf-8")) / 4  # repetitive text: zstd shrinks it
+    assert len(packed[0][-1]) < len(docs[0].text.encode("utf-8")) / 4  # repetitive text: zstd shrinks it
 
 
 def test_packed_token_batches_round_trip():
@@ -374,7 +375,7 @@ def test_tokenize_and_write_shards(tmp_path, make_text, beam_pipeline, batch_byt
     with beam_pipeline() as p:
         tokenizer = p | "Tok" >> beam.Create([info])
         plan_pc = p | "Plan" >> beam.Create([plan])
-        keyed = p | beam.Create(docs) | TokenizeAndAssign(tokenizer, plan_pc, 0.2, 3, 2, batch_bytes)
+        keyed, _ = p | beam.Create(docs) | TokenizeAndAssign(tokenizer, plan_pc, 0.2, 3, 2, batch_bytes)
         stats = keyed | WriteShards(tokenizer, plan_pc, out, 3, 2)
         assert_that(stats | beam.Map(lambda s: s["path"]), equal_to(
             [shard_path("train", i, 3) for i in range(3)] + [shard_path("val", i, 2) for i in range(2)]))

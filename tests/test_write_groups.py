@@ -140,7 +140,7 @@ def test_a_shard_merged_from_parts_is_byte_identical_to_the_shard_written_whole(
         with beam_pipeline() as p:
             tokenizer = p | "Tok" >> beam.Create([info])
             plan = p | "Plan" >> beam.Create([{"parts": {"train": parts, "val": parts}}])
-            keyed = p | beam.Create(docs) | TokenizeAndAssign(tokenizer, plan, 0.1, 2, 1, 256)
+            keyed, _ = p | beam.Create(docs) | TokenizeAndAssign(tokenizer, plan, 0.1, 2, 1, 256)
             _ = keyed | WriteShards(tokenizer, plan, str(out), 2, 1)
         assert (out / "_runs").is_dir() == (parts > 1)
         remove_runs(str(out))

@@ -57,11 +57,11 @@ def small_star(u: N, parents: Iterable[N]) -> Iterable[tuple[N, N]]:
             yield v, m
 
 
-def edges_by_node(edges: Iterable[tuple[N, N]]) -> Iterable[tuple[N, N]]:
-    """Each edge (child, parent) keyed by both ends: the input of a large-star grouping."""
-    for c, p in edges:
-        yield c, p
-        yield p, c
+def both_ends(edge: tuple[N, N]) -> Iterable[tuple[N, N]]:
+    """An edge (child, parent) keyed by both ends: the input of a large-star grouping."""
+    c, p = edge
+    yield c, p
+    yield p, c
 
 
 def star_check(node: N, acc: tuple) -> tuple[N, N] | None:
@@ -85,7 +85,7 @@ def components(edges: Iterable[tuple[N, N]], max_rounds: int) -> tuple[dict[N, N
     current = {(max(a, b), min(a, b)) for a, b in edges if a != b}
     changed = 0
     for _ in range(max_rounds):
-        after_large = set(_grouped(large_star, edges_by_node(current)))
+        after_large = set(_grouped(large_star, (x for e in current for x in both_ends(e))))
         after_small = set(_grouped(small_star, after_large))
         if after_small == current:
             break
@@ -166,7 +166,7 @@ class ConnectedComponents(beam.PTransform):
         for r in range(1, self.max_rounds + 1):
             edges = (
                 edges
-                | f"ByNode{r}" >> beam.FlatMap(edges_by_node)
+                | f"ByNode{r}" >> beam.FlatMap(both_ends)
                 | f"GroupLarge{r}" >> beam.GroupByKey()
                 | f"LargeStar{r}" >> beam.FlatMapTuple(large_star)
                 | f"GroupSmall{r}" >> beam.GroupByKey()

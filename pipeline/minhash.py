@@ -57,7 +57,7 @@ class NearDedupConfig:
     rows: int = field(default=8, metadata=_help("signature entries per band (FineWeb: 8); "
                                                   "bands x rows hash functions in all"))
     seed: int = field(default=1, metadata=_help("seed of the hash permutations (fixed, so runs agree)"))
-    max_rounds: int = field(default=24, metadata=_help(
+    max_rounds: int = field(default=16, metadata=_help(
         "large-star/small-star clustering rounds run as Beam stages; the run fails if the clusters have not "
         "converged after them"))
 
@@ -97,14 +97,21 @@ def words(text: str) -> list[str]:
     return normalize(text).split()
 
 
-def _word_hash(word: str) -> int:
-    h = _word_hashes.get(word)
-    if h is None:
+def _word_hash_array(ws: list[str]) -> np.ndarray:
+    """uint64 blake2b hashes of ``ws``; each distinct word is hashed once per process (up to _WORD_CACHE)."""
+    hs = list(map(_word_hashes.get, ws))  # a loop in C: most words of a document were seen before
+    if None in hs:
         if len(_word_hashes) >= _WORD_CACHE:  # only a bound on memory: the hashes do not depend on it
             _word_hashes.clear()
-        h = int.from_bytes(hashlib.blake2b(word.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
-        _word_hashes[word] = h
-    return h
+        for i, h in enumerate(hs):
+            if h is None:
+                word = ws[i]
+                h = _word_hashes.get(word)
+                if h is None:
+                    digest = hashlib.blake2b(word.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+                    h = _word_hashes[word] = int.from_bytes(digest, "little")
+                hs[i] = h
+    return np.array(hs, dtype=np.uint64)
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -124,7 +131,7 @@ def shingles(text: str, ngram_size: int) -> np.ndarray:
     count = len(ws) - ngram_size + 1
     if count <= 0:
         return np.zeros(0, dtype=np.uint64)
-    w = np.fromiter((_word_hash(x) for x in ws), dtype=np.uint64, count=len(ws))
+    w = _word_hash_array(ws)
     h = np.zeros(count, dtype=np.uint64)
     with np.errstate(over="ignore"):
         for j in range(ngram_size):  # h = (...(w0 * M + w1) * M + ...) + w_{n-1}, wrapping at 2^64

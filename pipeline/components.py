@@ -16,9 +16,14 @@ component is a star whose centre is its minimum: then each node's one parent is 
 The rounds are Beam stages, so their number is fixed when the pipeline is built (``max_rounds``). After the
 last round a check (a combiner per node: smallest and largest parent, whether it is a parent itself) confirms
 the fixed point; if any node still has two parents, or a parent that has a parent, the run fails with an error
-naming ``--minhash-max-rounds``, never a wrong clustering. Each step's group holds one node's neighbours, read
-in two passes (the minimum, then the edges) and never listed; duplicate edges are removed after each round
-with Beam's Distinct, whose combiner keeps one copy per edge.
+naming ``--minhash-max-rounds``, never a wrong clustering.
+
+Groups: each step's group is one node's neighbours (node ids only, never text), read in two passes (the
+minimum, then the edges) and never listed, so a runner that pages a group's values (Dataflow) holds one value
+at a time. Their size is a node's degree: bounded by NearDedup's windows while the graph is its candidate
+edges, but a converged cluster is a star, so its centre's group holds the cluster's ids (a page repeated a
+million times: a million ranks, ~100 MB). The distribution GROUP_SIZE_METRIC records every group's size.
+Duplicate edges are removed after each round with Beam's Distinct, whose combiner keeps one copy per edge.
 
 The pure step functions below are what the Beam stages run; ``components`` runs them in memory, for tests
 and for counting rounds.
@@ -29,10 +34,15 @@ from collections import defaultdict
 from typing import Iterable, TypeVar
 
 import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from pipeline.counters import COUNTER_NAMESPACE
 
 N = TypeVar("N")  # a node id: anything totally ordered and picklable (here a (document_key, source) tuple)
 
 ROUNDS_FLAG = "--minhash-max-rounds"
+# Distribution of the number of neighbours in one node's group, over every step of every round.
+GROUP_SIZE_METRIC = "group_size_near_dedup_components"
 
 
 def large_star(u: N, neighbours: Iterable[N]) -> Iterable[tuple[N, N]]:
@@ -150,6 +160,24 @@ def _check(element):
         yield out
 
 
+class _StepFn(beam.DoFn):
+    """A large-star or small-star step over one node's group, recording the group's size (values, not bytes:
+    node ids are small) in a distribution metric, so that a run reports its largest."""
+
+    def __init__(self, step):
+        super().__init__()
+        self.step = step
+        self.group_size = Metrics.distribution(COUNTER_NAMESPACE, GROUP_SIZE_METRIC)
+
+    def process(self, element):
+        node, values = element
+        count = 0
+        for _ in values:
+            count += 1
+        self.group_size.update(count)
+        yield from self.step(node, values)
+
+
 class ConnectedComponents(beam.PTransform):
     """(child, parent) edges -> (node, its component's smallest node) for every node that is not its component's
     smallest; ``max_rounds`` large-star/small-star rounds, then the fixed-point check (module docstring)."""
@@ -168,9 +196,9 @@ class ConnectedComponents(beam.PTransform):
                 edges
                 | f"ByNode{r}" >> beam.FlatMap(both_ends)
                 | f"GroupLarge{r}" >> beam.GroupByKey()
-                | f"LargeStar{r}" >> beam.FlatMapTuple(large_star)
+                | f"LargeStar{r}" >> beam.ParDo(_StepFn(large_star))
                 | f"GroupSmall{r}" >> beam.GroupByKey()
-                | f"SmallStar{r}" >> beam.FlatMapTuple(small_star)
+                | f"SmallStar{r}" >> beam.ParDo(_StepFn(small_star))
                 | f"Distinct{r}" >> beam.Distinct()
             )
         return (

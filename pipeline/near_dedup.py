@@ -9,11 +9,14 @@ document_key. Stages, each grouping bounded by the shape of the pipeline:
     Sign        where the documents are: signature and band keys of each document (salted with its group
                 when dedup runs per input group). A window of up to WINDOW_KEYS band keys links each document
                 to the smallest rank seen with the same key in the window (an edge, emitted on the spot), and
-                sends on one (band key, smallest rank) per key when the window is full or the bundle ends.
+                sends on one (band key, smallest rank) per key when the window is full or the bundle ends. A
+                key seen twice in a window is remembered for the rest of the bundle (up to HOT_KEYS keys):
+                its later documents are linked to the rank it sent, and the key is not sent again.
                 The documents go on, packed, keyed by a bucket of their rank.
-    Buckets     per band key: every rank that arrived (at most one per window, however many documents share
-                the key: a boilerplate page repeated a million times adds one per window, not a million) is
-                linked to the smallest. Read in two passes, never listed.
+    Buckets     per band key: every rank that arrived is linked to the smallest. At most one per window, and
+                once the key repeats within a window one per bundle, however many documents share it: a
+                boilerplate page repeated a million times adds a few ranks per bundle, not a million. Read in
+                two passes, never listed.
     Components  connected components of the edges (pipeline.components), in a fixed number of rounds:
                 (rank, the smallest rank of its cluster) for every document that is not its cluster's smallest.
     Apply       per bucket of the rank (``buckets``, planned like exact dedup's): the decisions of the bucket
@@ -40,6 +43,7 @@ from pipeline.progress import DEDUP
 from pipeline.progress_dofn import ReportingDoFn
 
 WINDOW_KEYS = 1 << 17  # band keys a Sign instance holds (a 16-byte key and a rank each) before it sends them on
+HOT_KEYS = 1 << 16  # band keys seen twice in a window that a Sign instance remembers within a bundle (then forgets)
 # Distributions of the bytes of one group's values (as pipeline.counters.GROUP_METRICS names the other steps').
 GROUP_BYTES_BANDS = "group_bytes_near_dedup_bands"  # one band key: the smallest rank of each window holding it
 GROUP_BYTES_APPLY = "group_bytes_near_dedup_apply"  # one bucket: its packed documents and their decisions
@@ -57,15 +61,19 @@ def _rank_size(r) -> int:
 
 class _SignFn(ReportingDoFn):
     """(dedup_key, Document) -> (bucket, ("doc", rank, dedup_key, packed)); band keys -> tagged "bands"
-    (band key, smallest rank of the window); links within a window -> tagged "edges" (rank, smaller rank)."""
+    (band key, smallest rank of the window); links within a window, or to a hot key's rank -> tagged "edges"
+    (rank, smaller rank)."""
 
     def __init__(self, cfg: NearDedupConfig, buckets: int, group_of: Callable | None, window_keys: int,
-                 progress_dir: str | None = None):
+                 hot_keys: int = HOT_KEYS, progress_dir: str | None = None):
         super().__init__(progress_dir)
-        self.cfg, self.buckets, self.group_of, self.window_keys = cfg, buckets, group_of, window_keys
+        self.cfg, self.buckets, self.group_of = cfg, buckets, group_of
+        self.window_keys, self.hot_keys = window_keys, hot_keys
 
     def start_bundle(self):
-        self._window: dict[bytes, tuple[str, str]] = {}
+        self._window: dict[bytes, tuple[str, str]] = {}  # band key -> the smallest rank of the window
+        self._seen_twice: set[bytes] = set()  # keys with two documents in the current window
+        self._hot: dict[bytes, tuple[str, str]] = {}  # key -> a rank this bundle sent on for it
 
     def process(self, element):
         dkey, doc = element
@@ -74,10 +82,17 @@ class _SignFn(ReportingDoFn):
         if sig is not None:
             group = self.group_of(doc) if self.group_of is not None else ""
             for key in band_keys(sig, self.cfg, group):
+                held = self._hot.get(key)
+                if held is not None:  # linked to the rank that went on: connected to the key's group
+                    if held != r:
+                        yield beam.pvalue.TaggedOutput("edges", (max(r, held), min(r, held)))
+                    continue
                 held = self._window.get(key)
                 if held is None:
                     self._window[key] = r
-                elif r < held:
+                    continue
+                self._seen_twice.add(key)
+                if r < held:
                     self._window[key] = r
                     yield beam.pvalue.TaggedOutput("edges", (held, r))
                 elif held < r:
@@ -93,6 +108,11 @@ class _SignFn(ReportingDoFn):
 
     def _flush(self):
         window, self._window = self._window, {}
+        for key in self._seen_twice:
+            self._hot[key] = window[key]
+        self._seen_twice = set()
+        if len(self._hot) > self.hot_keys:  # forget them all: only a bound on memory, never on correctness
+            self._hot = {}
         for key in sorted(window):
             yield beam.pvalue.TaggedOutput("bands", (key, window[key]))
 
@@ -176,7 +196,7 @@ class NearDedup(beam.PTransform):
 
     def expand(self, pairs):
         signed = pairs | "Sign" >> beam.ParDo(
-            _SignFn(self.cfg, self.buckets, self.group_of, self.window_keys, self.progress_dir)).with_outputs(
+            _SignFn(self.cfg, self.buckets, self.group_of, self.window_keys, progress_dir=self.progress_dir)).with_outputs(
             "bands", "edges", main="docs")
         bucket_edges = (
             signed.bands

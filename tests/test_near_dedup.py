@@ -10,6 +10,7 @@ import os
 import random
 import string
 import tempfile
+from collections import defaultdict
 import pytest
 
 from references import require  # noqa: E402
@@ -331,3 +332,48 @@ def test_chains_removed_transitively_in_the_planted_corpus():
     assert sum(not candidates(by_id[c[0]].text, by_id[c[-1]].text) for c in chains) >= 3  # not all direct
     for first, *rest in chains:
         assert first in kept and all(rejected.get(m) == f"id:{first}" for m in rest), (first, rest)
+
+
+def test_sign_sends_a_repeated_band_key_once_per_bundle():
+    """A page repeated 400 times among 600 other documents, twice per window: its band keys reach the band
+    groups once each, not once per window, and every copy is still connected to the first through the edges
+    emitted on the spot."""
+    from pipeline.near_dedup import _SignFn
+    rng = random.Random(14)
+    vocab = vocabulary(rng, 5000)
+    page = " ".join(rng.choice(vocab) for _ in range(100))
+    docs = []
+    for cycle in range(200):  # page, page, 3 others: 14 + 3 x 14 = 56 band keys, one window
+        docs += [Document(f"p{cycle:03d}{j}", page, f"f:{cycle}:{j}") for j in range(2)]
+        docs += [Document(f"u{cycle:03d}{j}", " ".join(rng.choice(vocab) for _ in range(100)), "g") for j in range(3)]
+    fn = _SignFn(CFG, buckets=4, group_of=None, window_keys=56)
+    fn.start_bundle()
+    outputs = [o for d in docs for o in fn.process((dedup_key(d.text), d))] + list(fn.finish_bundle())
+    tagged = defaultdict(list)
+    for o in outputs:
+        tag, value = (o.tag, o.value) if isinstance(o, beam.pvalue.TaggedOutput) else ("docs", o)
+        tagged[tag].append(getattr(value, "value", value))  # finish_bundle's outputs are windowed
+    assert len(tagged["docs"]) == 1000
+    page_keys = set(band_keys(signature(page, CFG), CFG))
+    sent = [k for k, _ in tagged["bands"] if k in page_keys]
+    assert sorted(sent) == sorted(page_keys)  # once per key, not 200 windows x 14
+    assert len(tagged["bands"]) == 14 + 600 * 14
+    smallest = {}
+    for k, r in tagged["bands"]:
+        smallest[k] = min(r, smallest.get(k, r))
+    edges = tagged["edges"] + [(r, smallest[k]) for k, r in tagged["bands"]]
+    copies = {rank(d) for d in docs if d.text == page}
+    labels = reference_labels(edges)
+    assert {labels.get(c, c) for c in copies} == {min(copies)} and set(labels) == copies - {min(copies)}
+
+
+def test_hot_keys_give_the_same_outcome():
+    rng = random.Random(15)
+    vocab = vocabulary(rng)
+    base = [rng.choice(vocab) for _ in range(200)]
+    docs = [Document(f"h{i:02d}", " ".join(edit(base, 1, rng)), f"f:{i}") for i in range(30)]
+    docs += [Document(f"u{i:02d}", " ".join(rng.choice(vocab) for _ in range(200)), f"g:{i}") for i in range(10)]
+    for window_keys in (1 << 17, 14 * 3, 1):
+        kept, rejected = near_dedup(docs[::-1], cfg=CFG, buckets=2, window_keys=window_keys)
+        assert set(kept) == {"h00"} | {f"u{i:02d}" for i in range(10)}
+        assert rejected == {f"h{i:02d}": "id:h00" for i in range(1, 30)}

@@ -123,6 +123,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--signature-documents", type=int, default=3000)
     parser.add_argument("--documents", type=int, default=20_000, help="corpus size of the clustering figure")
+    parser.add_argument("--beam-documents", type=int, default=5000,
+                        help="documents of that corpus run through the NearDedup stage on Beam (0: skip)")
     args = parser.parse_args(argv)
     cfg = NearDedupConfig()
     rng = random.Random(0)
@@ -165,6 +167,39 @@ def main(argv=None) -> None:
           f"{max(sizes.values()) + 1 if sizes else 1} | {rounds} | {cfg.max_rounds} | {sign_seconds:.1f} | "
           f"{cc_seconds:.1f} |")
 
+    if args.beam_documents:
+        print()
+        print(beam_row(corpus[:args.beam_documents], cfg))
+
+
+def beam_row(texts: list[str], cfg: NearDedupConfig) -> str:
+    """The whole NearDedup stage on Beam's local FnApiRunner (one worker), on ``texts``: documents per second
+    end to end (Beam's start-up and the fixed rounds included), and how many it removed."""
+    import apache_beam as beam
+
+    from pipeline.documents import Document, dedup_key
+    from pipeline.near_dedup import NearDedup
+    from pipeline.prepare import pipeline_options
+
+    from apache_beam.metrics import Metrics
+    from apache_beam.metrics.metric import MetricsFilter
+
+    docs = [(dedup_key(t), Document(f"{i:08d}", t, f"bench:{i}")) for i, t in enumerate(texts)]
+    options, runner = pipeline_options([])
+    start = time.perf_counter()
+    p = beam.Pipeline(runner=runner, options=options)
+    kept, rejected = p | beam.Create(docs, reshuffle=False) | NearDedup(cfg, buckets=4)
+    counter = Metrics.counter("bench", "rejected")
+    rejected | beam.Map(lambda _: counter.inc())
+    result = p.run()
+    result.wait_until_finish()
+    seconds = time.perf_counter() - start
+    found = result.metrics().query(MetricsFilter().with_name("rejected"))["counters"]
+    removed = sum(c.committed for c in found)
+    return ("| stage | rounds | documents | removed | seconds (Beam start-up included) | documents / s |\n"
+            "|---|---|---|---|---|---|\n"
+            f"| NearDedup, FnApiRunner, 1 worker | {cfg.max_rounds} | {len(docs)} | {removed} | {seconds:.1f} | "
+            f"{len(docs) / seconds:,.0f} |")
 
 if __name__ == "__main__":
     main()

@@ -195,9 +195,8 @@ class NearDedup(beam.PTransform):
         self.progress_dir, self.window_keys = progress_dir, window_keys
 
     def expand(self, pairs):
-        signed = pairs | "Sign" >> beam.ParDo(
-            _SignFn(self.cfg, self.buckets, self.group_of, self.window_keys, progress_dir=self.progress_dir)).with_outputs(
-            "bands", "edges", main="docs")
+        sign = _SignFn(self.cfg, self.buckets, self.group_of, self.window_keys, progress_dir=self.progress_dir)
+        signed = pairs | "Sign" >> beam.ParDo(sign).with_outputs("bands", "edges", main="docs")
         bucket_edges = (
             signed.bands
             | "GroupByBand" >> beam.GroupByKey()

@@ -17,7 +17,8 @@ from references import require  # noqa: E402
 beam = require("apache_beam")
 from apache_beam.testing.util import assert_that, equal_to  # noqa: E402
 
-from pipeline.components import ConnectedComponents, components, large_star, small_star  # noqa: E402
+from pipeline.components import (ConnectedComponents, components, large_star, salted_large_star,  # noqa: E402
+                                 small_star)
 from pipeline.dedup import rank  # noqa: E402
 from pipeline.documents import Document, dedup_key, document_key  # noqa: E402
 from pipeline.minhash import NearDedupConfig, band_keys, signature  # noqa: E402
@@ -84,6 +85,7 @@ def test_components_match_union_find(graph):
         edges = [(rng.randrange(400), rng.randrange(400)) for _ in range(300)]
     labels, rounds = components(edges, max_rounds=30)
     assert labels == reference_labels(edges)
+    assert components(edges, max_rounds=30, salts=2) == (labels, rounds)
     assert rounds >= 1
 
 
@@ -109,7 +111,9 @@ def test_beam_components_match_union_find():
     edges += [(rng.randrange(150, 300), rng.randrange(150, 300)) for _ in range(150)]
     edges += [(e[1], e[0]) for e in edges[:10]]  # the same edges twice, both ways
     expected = sorted(reference_labels(edges).items())
-    run_pipeline(lambda p: assert_that(p | beam.Create(edges) | ConnectedComponents(12), equal_to(expected)))
+    for salts in (1, 5):
+        run_pipeline(lambda p: assert_that(p | beam.Create(edges) | ConnectedComponents(12, salts),
+                                           equal_to(expected)))
 
 
 def test_beam_components_fail_when_rounds_run_out():
@@ -377,3 +381,29 @@ def test_hot_keys_give_the_same_outcome():
         kept, rejected = near_dedup(docs[::-1], cfg=CFG, buckets=2, window_keys=window_keys)
         assert set(kept) == {"h00"} | {f"u{i:02d}" for i in range(10)}
         assert rejected == {f"h{i:02d}": "id:h00" for i in range(1, 30)}
+
+
+@pytest.mark.parametrize("salts", [1, 3, 4096])
+def test_salted_large_star_equals_large_star(salts):
+    rng = random.Random(salts)
+    edges = {(max(a, b), min(a, b)) for a, b in ((rng.randrange(60), rng.randrange(60)) for _ in range(150)) if a != b}
+    plain = []
+    neighbours = defaultdict(list)
+    for c, p in edges:
+        neighbours[c].append(p)
+        neighbours[p].append(c)
+    for u in sorted(neighbours):
+        plain += large_star(u, neighbours[u])
+    assert sorted(salted_large_star(edges, salts)) == sorted(plain)
+
+
+def test_a_stars_centre_is_split_into_parts():
+    """A star of 20,000 leaves: no large-star group holds more than a small share of them."""
+    from pipeline.components import large_star_children
+    sizes = defaultdict(int)
+    for leaf in range(1, 20_001):
+        for key, _ in large_star_children((leaf, 0), 64):
+            sizes[key] += 1
+    assert len(sizes) == 64 and max(sizes.values()) < 2 * 20_000 / 64
+    labels, _ = components([(leaf, 0) for leaf in range(1, 2001)] + [(0, 5000), (5000, -1)], 10, salts=8)
+    assert set(labels.values()) == {-1} and len(labels) == 2002

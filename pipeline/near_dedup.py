@@ -19,6 +19,7 @@ document_key. Stages, each grouping bounded by the shape of the pipeline:
                 two passes, never listed.
     Components  connected components of the edges (pipeline.components), in a fixed number of rounds:
                 (rank, the smallest rank of its cluster) for every document that is not its cluster's smallest.
+                A cluster's centre is split over many groups there, never one.
     Apply       per bucket of the rank (``buckets``, planned like exact dedup's): the decisions of the bucket
                 (one per near duplicate) in a dict, then its documents, one at a time.
 

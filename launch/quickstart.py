@@ -358,9 +358,16 @@ def write_report(out: str, r: dict) -> str:
     first = next(iter(manifests.values()))
     weights = {name: weight for name, _, weight, _ in SOURCES}
     rejected: dict[str, int] = {}
+    edits: dict[str, int] = {}
+    languages: dict[str, list[int]] = {}
     for m in manifests.values():
         for reason, n in m["documents"]["rejected"].items():
             rejected[reason] = rejected.get(reason, 0) + n
+        for edit, n in m.get("edits", {}).items():
+            edits[edit] = edits.get(edit, 0) + n
+        for lang, c in m.get("languages", {}).items():
+            total = languages.setdefault(lang, [0, 0])
+            total[0], total[1] = total[0] + c["documents"], total[1] + c["tokens"]
     data_lines = []
     for name, m in manifests.items():
         docs = m["documents"]
@@ -375,8 +382,13 @@ def write_report(out: str, r: dict) -> str:
         *data_lines,
         f"- tokenizer: vocabulary {first['tokenizer']['vocab_size']:,} (SentencePiece BPE), trained on "
         f"`data/{SOURCES[0][0]}` and given to the others with `--tokenizer`", "",
+        "Every reason and edit of the run, zeros included (docs/filters.md says what each one is):", "",
         "| rejection reason | documents |", "|---|---:|",
-        *[f"| {reason} | {n:,} |" for reason, n in sorted(rejected.items(), key=lambda kv: -kv[1]) if n], "",
+        *[f"| {reason} | {n:,} |" for reason, n in sorted(rejected.items(), key=lambda kv: -kv[1])], "",
+        "| edit of kept text | count |", "|---|---:|",
+        *[f"| {edit} | {n:,} |" for edit, n in sorted(edits.items(), key=lambda kv: -kv[1])], "",
+        "| language (kept) | documents | tokens |", "|---|---:|---:|",
+        *[f"| {lang} | {d:,} | {t:,} |" for lang, (d, t) in sorted(languages.items(), key=lambda kv: -kv[1][1])], "",
         "## Training (`launch.train`, DeepSpeed ZeRO-3 bf16)", "",
         f"- model: {r['params'] / 1e6:.2f}M parameters; {r['steps']} steps x {r['tokens_per_step']:,} tokens",
         f"- train loss: {r['loss_first']:.3f} (mean of the first steps) -> {r['loss_last']:.3f} (of the last); "

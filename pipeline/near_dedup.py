@@ -36,7 +36,7 @@ from apache_beam.metrics import Metrics
 from pipeline import documents
 from pipeline.bundles import in_global_window
 from pipeline.components import ConnectedComponents
-from pipeline.counters import COUNTER_NAMESPACE
+from pipeline.counters import COUNTER_NAMESPACE, GROUP_METRICS
 from pipeline.dedup import rank
 from pipeline.minhash import NEAR_DUPLICATE, NearDedupConfig, band_keys, signature
 from pipeline.packing import document_size, pack_document, unpack_document
@@ -46,22 +46,12 @@ from pipeline.progress_dofn import ReportingDoFn
 WINDOW_KEYS = 1 << 17  # band keys a Sign instance holds (a 16-byte key and a rank each) before it sends them on
 HOT_KEYS = 1 << 16  # band keys seen twice in a window that a Sign instance remembers within a bundle (then forgets)
 # Distributions of the bytes of one group's values (as pipeline.counters.GROUP_METRICS names the other steps').
-GROUP_BYTES_BANDS = "group_bytes_near_dedup_bands"  # one band key: the smallest rank of each window holding it
-GROUP_BYTES_APPLY = "group_bytes_near_dedup_apply"  # one bucket: its packed documents and their decisions
 
 
 def bucket_of_rank(r: tuple[str, str], buckets: int) -> int:
     """The bucket of a document for the final join: the first 64 bits of blake2b of its rank, scaled."""
     digest = hashlib.blake2b(f"{r[0]}\x00{r[1]}".encode("utf-8", "surrogatepass"), digest_size=8).digest()
     return (int.from_bytes(digest, "big") * buckets) >> 64
-
-
-def input_of(doc: documents.Document) -> str:
-    """The input a document came from, for ``--near-dedup-by input`` (FineWeb dedups each crawl on its own):
-    its source without the trailing ":<line or row>" ("a.jsonl:12" -> "a.jsonl", "hf:name:train:7" ->
-    "hf:name:train"; a text file's source is its path already)."""
-    head, sep, tail = doc.source.rpartition(":")
-    return head if sep and tail.isdigit() else doc.source
 
 
 def _rank_size(r) -> int:
@@ -131,7 +121,7 @@ class _BucketEdgesFn(beam.DoFn):
 
     def __init__(self):
         super().__init__()
-        self.group_bytes = Metrics.distribution(COUNTER_NAMESPACE, GROUP_BYTES_BANDS)
+        self.group_bytes = Metrics.distribution(COUNTER_NAMESPACE, GROUP_METRICS["near_dedup_bands"])
 
     def process(self, element):
         key, ranks = element
@@ -154,7 +144,7 @@ class _ApplyFn(ReportingDoFn):
 
     def __init__(self, progress_dir: str | None = None):
         super().__init__(progress_dir)
-        self.group_bytes = Metrics.distribution(COUNTER_NAMESPACE, GROUP_BYTES_APPLY)
+        self.group_bytes = Metrics.distribution(COUNTER_NAMESPACE, GROUP_METRICS["near_dedup_apply"])
 
     def process(self, element):
         _, values = element

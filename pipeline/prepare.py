@@ -2,11 +2,18 @@
 
 One Apache Beam pipeline; build_pipeline wires these stages, in this order, each from its own module:
 
-    pipeline.read             ReadFiles / ReadHuggingFace   input files or dataset rows -> raw records
+    pipeline.read             ReadFiles / ReadHuggingFace   input files (JSONL, Parquet, text, WET) or dataset
+                                                            rows -> raw records
     pipeline.filter_stage     ParseRecords                  raw record -> Document | Rejection (invalid_utf8, ...)
-                              QualityFilter                 Document -> kept | Rejection (too_few_words, ...)
+    pipeline.web_stages       UrlFilter                     --url-blocklist: Document -> kept | url_blocked
+    pipeline.language_stage   LanguageFilter                lid.176: Document -> kept with .language | language
+    pipeline.filter_stage     QualityFilter                 --rules gopher,c4,fineweb: Document -> kept (C4's lines
+                                                            removed) | Rejection (too_few_words, c4_..., fineweb_...)
     pipeline.dedup            ExactDedup                    copies dropped where they are read, then per bucket of
                                                             text hashes: one document per text stays, no hot key
+    pipeline.near_dedup       NearDedup                     MinHash LSH band links -> connected components
+                                                            (pipeline.components) -> one per cluster | near_duplicate
+    pipeline.web_stages       RedactPII                     --redact-pii: e-mail and public IP addresses replaced
     pipeline.tokenizer_stage  TrainTokenizer / GivenTokenizer   hash sample -> DIR/tokenizer.model -> tokenizer info
     pipeline.write            PlanWrite                     filtered text size -> parts per shard (bounded groups)
     pipeline.tokenizer_stage  TokenizeAndAssign             Document -> token bytes, batched per (split, shard, part)
@@ -51,8 +58,12 @@ from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, fields
 
 from pipeline import layout
+from pipeline.c4_rules import C4Config
 from pipeline.files import is_remote, list_tree, remove_listed
 from pipeline.filters import FilterConfig
+from pipeline.fineweb_rules import FineWebConfig
+from pipeline.language import LanguageConfig
+from pipeline.minhash import NearDedupConfig
 from pipeline.manifest import MANIFEST_NAME, load_manifest
 from pipeline.progress import ProgressPrinter
 
@@ -63,7 +74,11 @@ MAX_SHARDS = 99_999  # shard names have five digits
 DEFAULT_MAX_GROUP_MB = 256.0
 DEFAULT_REMOTE_GROUPS = 64  # a runner whose worker count is not given up front (Dataflow autoscaling)
 LOCAL_RUNNERS = (None, "DirectRunner", "SwitchingDirectRunner", "FnApiRunner")  # --runner values run locally
-RULE_SETS = ("gopher",)  # --rules; "none" turns every quality rule off
+RULE_SETS = ("gopher", "c4", "fineweb")  # --rules; "none" turns every quality rule off
+DEFAULT_RULES = "gopher,c4,fineweb"  # FineWeb's sets (docs/filters.md)
+NEAR_DEDUP_SCOPES = ("corpus", "input")  # --near-dedup-by
+# Config dataclasses whose fields are flags "--PREFIX-FIELD" (dest PREFIX_FIELD); FilterConfig's have no prefix.
+PREFIXED_CONFIGS = (("c4", C4Config), ("fineweb", FineWebConfig), ("minhash", NearDedupConfig))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,10 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_argument_group("inputs")
     src.add_argument("--input", action="append", default=[], metavar="GLOB",
                      help="input files: JSONL, Parquet or .txt, optionally .gz/.zst; local or gs://; repeatable")
-    src.add_argument("--format", choices=("auto", "jsonl", "parquet", "text"), default="auto",
-                     help="input format; auto = by extension (.jsonl/.json/.ndjson, .parquet, anything else = text)")
+    src.add_argument("--format", choices=("auto", "jsonl", "parquet", "text", "wet"), default="auto",
+                     help="input format; auto = by extension (.jsonl/.json/.ndjson, .parquet, .warc.wet.gz/.wet.gz/.wet "
+                     "= Common Crawl WET, anything else = text)")
     src.add_argument("--text-field", default="text", help="JSONL key / Parquet column / dataset column of the text")
     src.add_argument("--id-field", default="id", help="key/column of the document id (optional in the data)")
+    src.add_argument("--url-field", default="url",
+                     help="key/column of the page URL (optional in the data; WET records always carry theirs)")
     src.add_argument("--builtin-corpus", action="store_true",
                      help="gather the built-in corpus (stdlib docstrings, package descriptions) into DIR/_corpus "
                      "and use it as input")
@@ -128,19 +146,101 @@ def build_parser() -> argparse.ArgumentParser:
                      "work; 0 = the local worker count, or Dataflow's --max_num_workers / --num_workers, else "
                      f"{DEFAULT_REMOTE_GROUPS}")
 
-    flt = p.add_argument_group("filters (Gopher, Rae et al. 2021, Table A1)")
-    flt.add_argument("--rules", default="gopher", metavar="SETS",
-                     help=f"quality rule sets to apply, comma-separated: {', '.join(RULE_SETS)}; or none")
-    for f in fields(FilterConfig):
-        flt.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=f.default,
-                         type=int if f.type in ("int", int) else float, help=f.metadata.get("help"))
+    web = p.add_argument_group("web pages (docs/filters.md)")
+    web.add_argument("--url-blocklist", default=None, metavar="FILE",
+                     help="drop documents whose URL's host, or a parent domain of it, is listed in FILE (one domain "
+                     "a line, # comments); reason url_blocked")
+    web.add_argument("--redact-pii", action="store_true",
+                     help="replace e-mail addresses and public IP addresses with fixed placeholders after dedup "
+                     "(FineWeb's step); counted under edits pii_email, pii_ip")
+
+    lid = p.add_argument_group("language identification (fastText lid.176)")
+    defaults = LanguageConfig()
+    lid.add_argument("--languages", default="", metavar="CODES",
+                     help=_field_help(LanguageConfig, "languages"))
+    lid.add_argument("--min-language-score", type=float, default=defaults.min_score,
+                     help=_field_help(LanguageConfig, "min_score"))
+
+    flt = p.add_argument_group("quality rules (Gopher: Rae et al. 2021, Table A1; C4: Raffel et al. 2020; FineWeb)")
+    flt.add_argument("--rules", default=DEFAULT_RULES, metavar="SETS",
+                     help=f"quality rule sets to apply, comma-separated, of {', '.join(RULE_SETS)}; or none "
+                     f"(default {DEFAULT_RULES})")
+    _add_config_flags(flt, FilterConfig, "")
+    _add_config_flags(flt, C4Config, "c4")
+    _add_config_flags(flt, FineWebConfig, "fineweb")
+
+    near = p.add_argument_group("near-duplicate removal (MinHash LSH, docs/near_dedup.md)")
+    near.add_argument("--no-near-dedup", dest="near_dedup", action="store_false",
+                      help="skip MinHash near-duplicate removal (on by default)")
+    near.add_argument("--near-dedup-by", choices=NEAR_DEDUP_SCOPES, default="corpus",
+                      help="corpus: one document of each cluster of near-duplicates stays corpus-wide; input: within "
+                      "each --input glob only (FineWeb dedups each crawl separately)")
+    _add_config_flags(near, NearDedupConfig, "minhash")
     return p
 
 
-def filter_config(args: argparse.Namespace) -> FilterConfig:
-    cfg = FilterConfig(**{f.name: getattr(args, f.name) for f in fields(FilterConfig)})
-    cfg.validate()
-    return cfg
+def _field_help(cls, name: str) -> str | None:
+    return next(f.metadata.get("help") for f in fields(cls) if f.name == name)
+
+
+def _add_config_flags(group, cls, prefix: str) -> None:
+    """One flag per field of the config dataclass ``cls``: --PREFIX-FIELD (dest PREFIX_FIELD), or --FIELD without a
+    prefix; bools are --x / --no-x."""
+    for f in fields(cls):
+        dest = f"{prefix}_{f.name}" if prefix else f.name
+        flag = "--" + dest.replace("_", "-")
+        if f.type in ("bool", bool):
+            group.add_argument(flag, dest=dest, default=f.default, action=argparse.BooleanOptionalAction,
+                               help=f.metadata.get("help"))
+        else:
+            group.add_argument(flag, dest=dest, default=f.default, type=int if f.type in ("int", int) else float,
+                               help=f.metadata.get("help"))
+
+
+def _config_from_args(args: argparse.Namespace, cls, prefix: str):
+    return cls(**{f.name: getattr(args, f"{prefix}_{f.name}" if prefix else f.name) for f in fields(cls)})
+
+
+def _config_dests() -> set[str]:
+    """The argparse dests of every config-dataclass flag (recorded in the manifest as their configs instead)."""
+    dests = {f.name for f in fields(FilterConfig)}
+    for prefix, cls in PREFIXED_CONFIGS:
+        dests |= {f"{prefix}_{f.name}" for f in fields(cls)}
+    return dests
+
+
+@dataclass(frozen=True)
+class Stages:
+    """Which optional stages run and with what settings; None = the stage is off."""
+
+    gopher: FilterConfig | None
+    c4: C4Config | None
+    fineweb: FineWebConfig | None
+    language: LanguageConfig
+    near_dedup: NearDedupConfig | None
+    blocklist: frozenset[str] | None
+    redact_pii: bool
+
+
+def stage_configs(args: argparse.Namespace) -> Stages:
+    """Every stage's config from the flags, each checked (a mistake names its flag); reads --url-blocklist."""
+    sets = rule_sets(args.rules)
+    configs = {}
+    for name, cls, prefix in (("gopher", FilterConfig, ""), ("c4", C4Config, "c4"), ("fineweb", FineWebConfig, "fineweb")):
+        cfg = _config_from_args(args, cls, prefix)
+        cfg.validate()  # checked even when --rules leaves it unused
+        configs[name] = cfg if name in sets else None
+    language = LanguageConfig(languages=args.languages, min_score=args.min_language_score)
+    language.validate()
+    near = _config_from_args(args, NearDedupConfig, "minhash")
+    near.validate()
+    blocklist = None
+    if args.url_blocklist:
+        from pipeline.urls import read_blocklist
+
+        blocklist = read_blocklist(args.url_blocklist)
+    return Stages(configs["gopher"], configs["c4"], configs["fineweb"], language, near if args.near_dedup else None,
+                  blocklist, args.redact_pii)
 
 
 def validate_args(args: argparse.Namespace) -> None:
@@ -177,7 +277,8 @@ def validate_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--builtin-sources: {e}") from None
     if args.builtin_corpus_mb is not None and args.builtin_corpus_mb <= 0:
         raise ValueError(f"--builtin-corpus-mb {args.builtin_corpus_mb}: use a positive number of MB")
-    for flag, value in (("--text-field", args.text_field), ("--id-field", args.id_field)):
+    for flag, value in (("--text-field", args.text_field), ("--id-field", args.id_field),
+                        ("--url-field", args.url_field)):
         if not value:
             raise ValueError(f"{flag} must not be empty")
     if args.builtin_corpus and is_remote(args.output):
@@ -212,6 +313,24 @@ def resolve_inputs(globs: list[str]) -> dict[str, int]:
                                     "does not expand them)")
         files.update((m.path, m.size_in_bytes) for m in matched)
     return dict(sorted(files.items()))
+
+
+def resolve_input_groups(globs: list[str], files: list[str]) -> dict[str, str]:
+    """{input file: its group} for --near-dedup-by input: the first --input glob that matched the file ("input-N",
+    N its position among the --input flags), or "builtin" for the built-in corpus's files."""
+    from apache_beam.io.filesystems import FileSystems
+
+    groups = {}
+    for i, pattern in enumerate(globs):
+        for m in FileSystems.match([pattern])[0].metadata_list:
+            groups.setdefault(m.path, f"input-{i}")
+    return {f: groups.get(f, "builtin") for f in files}
+
+
+def language_model_info() -> dict:
+    from pipeline.language import model_info
+
+    return model_info()
 
 
 def check_output(output: str, overwrite: bool) -> None:
@@ -372,20 +491,25 @@ def is_dry_run(options) -> bool:
     return bool(options.view_as(TestOptions).dry_run)
 
 
-def build_pipeline(p, args, cfg: FilterConfig | None, sizes: dict[str, int], hf_rows: int,
+def build_pipeline(p, args, stages: Stages, sizes: dict[str, int], hf_rows: int,
                    given_tokenizer: dict | None, config: dict, groups: int, dedup_buckets: int,
-                   progress_dir: str | None = None) -> None:
-    """Attach every stage to pipeline ``p``, in the order of the module docstring. ``cfg`` None: no quality rules;
-    ``sizes``: {input file: bytes}; ``groups``: the least number of train write groups; ``progress_dir``: where
-    workers report progress (pipeline.progress), or None."""
+                   progress_dir: str | None = None, input_groups: dict[str, str] | None = None) -> None:
+    """Attach every stage to pipeline ``p``, in the order of the module docstring. ``stages``: which optional
+    stages run; ``sizes``: {input file: bytes}; ``groups``: the least number of train write groups;
+    ``progress_dir``: where workers report progress (pipeline.progress), or None; ``input_groups``: {input file:
+    group} when near-dedup runs per input group."""
     import apache_beam as beam
 
     from pipeline.dedup import ExactDedup
     from pipeline.filter_stage import ParseRecords, QualityFilter
+    from pipeline.input_groups import InputGroups
+    from pipeline.language_stage import LanguageFilter
     from pipeline.manifest_stage import WriteManifest
+    from pipeline.near_dedup import NearDedup
     from pipeline.read import ReadFiles, ReadHuggingFace
     from pipeline.rejected import CountRejected, WriteRejected
     from pipeline.tokenizer_stage import GivenTokenizer, TokenizeAndAssign, TrainTokenizer
+    from pipeline.web_stages import RedactPII, UrlFilter
     from pipeline.write import PlanWrite, WriteShards
 
     out = args.output
@@ -393,22 +517,38 @@ def build_pipeline(p, args, cfg: FilterConfig | None, sizes: dict[str, int], hf_
     progress = progress_dir
     if sizes:
         sources.append(p | "ReadFiles" >> ReadFiles(list(sizes), args.format, args.text_field, args.id_field,
-                                                    sizes=sizes, progress_dir=progress))
+                                                    sizes=sizes, progress_dir=progress, url_field=args.url_field))
     if args.hf_dataset:
         sources.append(p | "ReadHuggingFace" >> ReadHuggingFace(
-            args.hf_dataset, args.hf_split, hf_rows, args.text_field, args.id_field, progress_dir=progress))
+            args.hf_dataset, args.hf_split, hf_rows, args.text_field, args.id_field, progress_dir=progress,
+            url_field=args.url_field))
     records = tuple(sources) | "AllRecords" >> beam.Flatten()
 
-    docs, unparsable = records | "ParseRecords" >> ParseRecords(args.text_field, args.id_field, progress)
-    dropping = [("parse", unparsable)]
+    docs, unparsable = records | "ParseRecords" >> ParseRecords(args.text_field, args.id_field, progress,
+                                                                url_field=args.url_field)
+    dropping = [("parse", unparsable)]  # (stage, Rejections): each writes rejected/STAGE-*.jsonl.gz
     edits = []  # (edit, count) PCollections of the stages that change text
+    if stages.blocklist is not None:
+        docs, blocked = docs | "UrlFilter" >> UrlFilter(stages.blocklist, progress)
+        dropping.append(("url", blocked))
+    docs, other_language = docs | "LanguageFilter" >> LanguageFilter(stages.language, progress)
+    dropping.append(("language", other_language))
     kept = docs
-    if cfg is not None:
-        kept, low_quality, quality_edits = docs | "QualityFilter" >> QualityFilter(cfg, None, None, progress)
+    if stages.gopher or stages.c4 or stages.fineweb:
+        kept, low_quality, quality_edits = docs | "QualityFilter" >> QualityFilter(
+            stages.gopher, stages.c4, stages.fineweb, progress)
         dropping.append(("quality", low_quality))
         edits.append(quality_edits)
     unique, dropped_early, duplicates = kept | "ExactDedup" >> ExactDedup(dedup_buckets, progress)
     dropping += [("dedup_early", dropped_early), ("dedup", duplicates)]
+    if stages.near_dedup is not None:
+        group_of = InputGroups(input_groups) if input_groups is not None else None
+        unique, near_duplicates = unique | "NearDedup" >> NearDedup(stages.near_dedup, dedup_buckets, group_of,
+                                                                    progress)
+        dropping.append(("near_dedup", near_duplicates))
+    if stages.redact_pii:
+        unique, pii_edits = unique | "RedactPII" >> RedactPII(progress)
+        edits.append(pii_edits)
     if given_tokenizer is not None:
         tokenizer = p | "GivenTokenizer" >> GivenTokenizer(given_tokenizer, out)
     else:
@@ -461,9 +601,7 @@ def prepare(argv: list[str] | None = None) -> Outcome:
     parser = build_parser()
     args, beam_args = parser.parse_known_args(argv)
     validate_args(args)
-    sets = rule_sets(args.rules)
-    cfg = filter_config(args)  # checked even when --rules leaves it unused
-    cfg = cfg if "gopher" in sets else None
+    stages = stage_configs(args)
     options, runner = pipeline_options(beam_args)
     dry_run = is_dry_run(options)
 
@@ -497,15 +635,23 @@ def prepare(argv: list[str] | None = None) -> Outcome:
     if not files and not hf_rows:
         raise ValueError("the inputs hold no records (empty dataset); check --input / --hf-dataset")
 
-    config = {k: v for k, v in sorted(vars(args).items()) if k not in {f.name for f in fields(FilterConfig)}}
-    config.update(filters=asdict(cfg) if cfg else None, beam_args=list(beam_args), input_files=len(files))
+    config = {k: v for k, v in sorted(vars(args).items()) if k not in _config_dests()}
+    config.update(filters=asdict(stages.gopher) if stages.gopher else None,
+                  c4=asdict(stages.c4) if stages.c4 else None,
+                  fineweb=asdict(stages.fineweb) if stages.fineweb else None,
+                  language=dict(asdict(stages.language), model=language_model_info()),
+                  near_dedup=asdict(stages.near_dedup) if stages.near_dedup else None,
+                  beam_args=list(beam_args), input_files=len(files))
+    input_groups = None
+    if stages.near_dedup is not None and args.near_dedup_by == "input":
+        input_groups = resolve_input_groups(args.input, files)
     groups = min_groups(args, options)
     max_group = int(args.max_group_mb * (1 << 20))
     sizes = {f: sizes[f] for f in files}
     buckets = plan_buckets(sum(sizes.values()) + hf_bytes, max_group, groups)
     if dry_run:
         p = beam.Pipeline(runner=runner, options=options)
-        build_pipeline(p, args, cfg, sizes, hf_rows, given, config, groups, buckets)
+        build_pipeline(p, args, stages, sizes, hf_rows, given, config, groups, buckets, input_groups=input_groups)
         transforms = len(p.to_runner_api().components.transforms)
         p.run().wait_until_finish()
         return Outcome(None, max_group_bytes=max_group, dry_run_transforms=transforms)
@@ -515,7 +661,7 @@ def prepare(argv: list[str] | None = None) -> Outcome:
             progress_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="prepare-progress-"))
             stack.enter_context(ProgressPrinter(progress_dir, len(files), sum(sizes.values())))
         p = beam.Pipeline(runner=runner, options=options)
-        build_pipeline(p, args, cfg, sizes, hf_rows, given, config, groups, buckets, progress_dir)
+        build_pipeline(p, args, stages, sizes, hf_rows, given, config, groups, buckets, progress_dir, input_groups)
         result = p.run()
         result.wait_until_finish()
     largest, counts = group_metrics(result)

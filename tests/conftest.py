@@ -99,9 +99,20 @@ def small_corpus(make_docs: int = 60) -> tuple[list[dict], list[bytes], dict[str
     too short, a malformed line and an undecodable one.
     """
     good = [{"id": f"doc-{i:03d}", "text": gopher_text(1000 + i)} for i in range(make_docs)]
-    records = good + [{"id": "zz-copy-of-3", "text": gopher_text(1003)}, {"id": "short", "text": "Too short."}]
+    records = good + [{"id": "zz-copy-of-3", "text": gopher_text(1003)},
+                      {"id": "short", "text": "This document is far too short to keep in the corpus."}]
     raw = [b'{"id": "broken", "text": ', b'{"id": "latin1", "text": "caf\xe9"}']
-    return records, raw, {"id:" + r["id"]: r["text"] for r in good}
+    return records, raw, {"id:" + r["id"]: kept_text(r["text"]) for r in good}
+
+
+def kept_text(text: str) -> str:
+    """The text the default rules keep of a document they do not drop: C4's line edits remove the blank lines
+    between paragraphs (every line under 3 words goes)."""
+    from pipeline.c4_rules import C4Config, c4_clean
+
+    verdict = c4_clean(text, C4Config())
+    assert verdict.reason is None, verdict.reason
+    return verdict.text
 
 
 @pytest.fixture(scope="session")

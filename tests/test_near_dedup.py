@@ -22,7 +22,8 @@ from pipeline.components import (ConnectedComponents, components, large_star, sa
 from pipeline.dedup import rank  # noqa: E402
 from pipeline.documents import Document, dedup_key, document_key  # noqa: E402
 from pipeline.minhash import NearDedupConfig, band_keys, signature  # noqa: E402
-from pipeline.near_dedup import NearDedup, input_of  # noqa: E402
+from pipeline.input_groups import InputGroups  # noqa: E402
+from pipeline.near_dedup import NearDedup  # noqa: E402
 from pipeline.prepare import pipeline_options  # noqa: E402
 
 CFG = NearDedupConfig()
@@ -206,7 +207,8 @@ def test_dedup_within_groups_only():
     base = [rng.choice(vocab) for _ in range(200)]
     docs = [Document(f"{crawl}-{i}", " ".join(edit(base, 2, rng)), f"{crawl}/part.jsonl:{i}")
             for crawl in ("crawl1", "crawl2") for i in range(3)]
-    kept, rejected = near_dedup(docs, cfg=CFG, buckets=2, group_of=input_of)
+    groups = InputGroups({"crawl1/part.jsonl": "input-0", "crawl2/part.jsonl": "input-1"})
+    kept, rejected = near_dedup(docs, cfg=CFG, buckets=2, group_of=groups)
     assert set(kept) == {"crawl1-0", "crawl2-0"}
     assert rejected == {"crawl1-1": "id:crawl1-0", "crawl1-2": "id:crawl1-0",
                         "crawl2-1": "id:crawl2-0", "crawl2-2": "id:crawl2-0"}
@@ -405,8 +407,13 @@ def test_a_stars_centre_is_split_into_parts():
     assert set(labels.values()) == {-1} and len(labels) == 2002
 
 
-def test_input_of():
-    assert input_of(Document("a", "t", "crawl/a.jsonl:12")) == "crawl/a.jsonl"
-    assert input_of(Document("a", "t", "hf:name:train:7")) == "hf:name:train"
-    assert input_of(Document("a", "t", "notes/readme.txt")) == "notes/readme.txt"
-    assert input_of(Document("a", "t", "gs://bucket/x.parquet:0")) == "gs://bucket/x.parquet"
+def test_input_groups_name_the_glob_of_each_source():
+    groups = InputGroups({"crawl/a.jsonl": "input-0", "gs://bucket/x.parquet": "input-1", "notes/readme.txt": "builtin",
+                          "cc/b.warc.wet.gz": "input-2"})
+    assert groups(Document("a", "t", "crawl/a.jsonl:12")) == "input-0"
+    assert groups(Document("a", "t", "gs://bucket/x.parquet:0")) == "input-1"
+    assert groups(Document("a", "t", "notes/readme.txt")) == "builtin"
+    assert groups(Document("a", "t", "cc/b.warc.wet.gz:7")) == "input-2"
+    assert groups(Document("a", "t", "hf:name:train:7")) == "hf"
+    with pytest.raises(RuntimeError, match="names no input file"):
+        groups(Document("a", "t", "elsewhere/c.jsonl:1"))

@@ -16,7 +16,7 @@ import pytest
 from references import require  # noqa: E402
 require("apache_beam")
 
-from conftest import PREPARE_OPTIONS, gopher_text, write_jsonl_file  # noqa: E402
+from conftest import PREPARE_OPTIONS, gopher_text, kept_text, write_jsonl_file  # noqa: E402
 from pipeline.counters import REASONS  # noqa: E402
 from pipeline.manifest import load_manifest  # noqa: E402
 from pipeline.prepare import check_output, main, prepare, run  # noqa: E402
@@ -79,7 +79,7 @@ def test_end_to_end(prepared):
     rejected = rejected_records(out)
     assert sorted(r["reason"] for r in rejected) == sorted(r for r, n in docs["rejected"].items() for _ in range(n))
     assert {r["id"] for r in rejected if r["reason"] == "exact_duplicate"} == {"zz-copy-of-3"}
-    assert all(set(r) == {"id", "source", "reason", "text"} for r in rejected)
+    assert all(set(r) == {"id", "source", "reason", "text"} for r in rejected)  # no url, no stage details
     assert [f"rejected/{n}" for n in sorted(os.listdir(os.path.join(out, "rejected")))] == m["rejected_files"]
 
 
@@ -194,8 +194,10 @@ def test_given_tokenizer_mixed_formats_and_overwrite(prepared, tmp_path):
     assert m["tokenizer"]["trained"] is False
     assert m["tokens"]["val"] == 0 and [s["split"] for s in m["shards"]] == ["train", "train"]
     # .txt documents carry no id: their key is the content hash, independent of where the file lives.
-    kept = {"id:" + k: v for k, v in texts.items() if k in ("p0", "p1", "p2", "p3")}
-    kept.update({"sha256:" + hashlib.sha256(texts[k].encode()).hexdigest(): texts[k] for k in ("p4", "p5")})
+    # The kept text is what C4's line edits leave, and a derived key hashes that text.
+    kept = {"id:" + k: kept_text(v) for k, v in texts.items() if k in ("p0", "p1", "p2", "p3")}
+    kept.update({"sha256:" + hashlib.sha256(kept_text(texts[k]).encode()).hexdigest(): kept_text(texts[k])
+                 for k in ("p4", "p5")})
     check_shards_hold(out, m, kept, 0.0, 2, 0)
 
     with pytest.raises(ValueError, match="not empty.*--overwrite"):
@@ -208,13 +210,14 @@ def test_given_tokenizer_mixed_formats_and_overwrite(prepared, tmp_path):
 
 def test_hf_dataset_saved_to_disk(tmp_path):
     datasets = require("datasets")
-    rows = {"text": [gopher_text(3000 + i) for i in range(8)] + ["", "short one"], "id": [f"h{i}" for i in range(10)]}
+    rows = {"text": [gopher_text(3000 + i) for i in range(8)] + ["", "This document is far too short to keep."],
+            "id": [f"h{i}" for i in range(10)]}
     datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows)}).save_to_disk(str(tmp_path / "ds"))
     out = str(tmp_path / "out")
     m = run(["--hf-dataset", str(tmp_path / "ds"), "--hf-split", "train", "--output", out, *PREPARE_OPTIONS])
     assert m["documents"]["read"] == 10 and m["documents"]["kept"] == 8
     assert m["documents"]["rejected"]["empty"] == 1 and m["documents"]["rejected"]["too_few_words"] == 1
-    check_shards_hold(out, m, {f"id:h{i}": rows["text"][i] for i in range(8)}, 0.15, 3, 1)
+    check_shards_hold(out, m, {f"id:h{i}": kept_text(rows["text"][i]) for i in range(8)}, 0.15, 3, 1)
     with pytest.raises(ValueError, match="--hf-split"):
         run(["--hf-dataset", str(tmp_path / "ds"), "--hf-split", "nope", "--output", str(tmp_path / "o2")])
 

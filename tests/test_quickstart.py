@@ -16,11 +16,14 @@ import pytest
 
 from launch import quickstart
 from launch.metrics import read_metrics
+from pipeline.counters import EDITS, REASONS
 from pipeline.manifest import load_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 16
-SMALL = ["--corpus-mb", "1", "--vocab-size", "512", "--set", f"steps={STEPS}", "--set", "eval_every=8",
+# 1.5 MB per source: enough package descriptions pass the default rules (C4's "{" rule drops code-heavy ones) for
+# a val split of the dist source.
+SMALL = ["--corpus-mb", "3", "--vocab-size", "512", "--set", f"steps={STEPS}", "--set", "eval_every=8",
          "--set", "warmup_steps=2", "--set", "checkpoint_every=100", "--set", "log_every=4", "--max-new-tokens", "16"]
 
 
@@ -47,6 +50,9 @@ def test_quickstart_end_to_end(quickstart_run):
     for manifest in manifests.values():
         docs = manifest["documents"]
         assert docs["read"] == docs["kept"] + sum(docs["rejected"].values()) and docs["kept"] > 20
+        assert set(docs["rejected"]) == set(REASONS) and set(manifest["edits"]) == set(EDITS)  # zeros included
+        assert sum(n["documents"] for n in manifest["languages"].values()) == docs["kept"]  # every kept one labelled
+        assert manifest["languages"]["en"]["documents"] > 0
         assert manifest["tokenizer"]["vocab_size"] == 512
         assert manifest["tokens"]["val"] > 0
     assert len({m["tokenizer"]["sha256"] for m in manifests.values()}) == 1
@@ -73,7 +79,8 @@ def test_quickstart_end_to_end(quickstart_run):
 
     # Report: the sections and a real PNG image of the curve.
     text = (out / "report.md").read_text()
-    for heading in ("## Data", "## Training", "## Export", "## Checks", "too_few_words", "![loss curve](loss.png)",
+    for heading in ("## Data", "## Training", "## Export", "## Checks", "too_few_words", "| near_duplicate |",
+                    "| url_blocked | 0 |", "| language |", "| c4_lines_too_few_words |", "| en |", "![loss curve](loss.png)",
                     "tokens/s", "validation loss of `dist`", "weighted blend"):
         assert heading in text, heading
     png = (out / "loss.png").read_bytes()

@@ -17,13 +17,15 @@ linear in the text's length (fastText averages the embeddings of every word and 
 
 Decision, per document, from the top label and its probability (``score``, in (0, 1]):
 
-    kept      score >= min_score, and the label is one of ``languages`` (any label when ``languages`` is empty)
+    kept      no ``languages`` given (every document is kept and labelled), or the label is one of ``languages``
+              and score >= min_score
     language  otherwise (the rejected record carries ``language`` and ``language_score``)
 
-min_score applies when no languages are given, as in datatrove's LanguageFilter (``languages=None``): a
-document whose best guess is below it is mixed-language, code, a table or boilerplate, and its label would be
-noise in the per-language counts. ``min_score=0`` with no languages only labels documents. Two deliberate
-differences from datatrove: a score equal to min_score is kept (datatrove keeps only scores above it; they
+min_score applies only with languages: it is how sure the model must be that a document is in a language asked
+for. Without languages nothing is dropped, unlike datatrove's LanguageFilter with ``languages=None``: a low top
+score marks code, tables and mixed text as often as another language, and a run that asks for every language
+should not lose code-heavy English pages for it. Three deliberate differences from datatrove, then: that one,
+a score equal to min_score is kept (datatrove keeps only scores above it; they
 differ only when a float32 probability equals the threshold exactly), and the label must be the top one
 (datatrove keeps a document when any listed language scores above the threshold, which can be a second-best
 label when the threshold is below 0.5; we never keep an "en" corpus document that the model calls "de").
@@ -98,8 +100,8 @@ class LanguageConfig:
         "keep only documents whose predicted lid.176 language is one of these codes, comma-separated, e.g. en,de "
         "(default: every language)"))
     min_score: float = field(default=0.65, metadata=_help(
-        "drop documents whose predicted language has a lower probability, with or without --languages "
-        "(FineWeb's 0.65; 0 with no --languages only labels documents)"))
+        "with --languages: drop documents whose predicted language has a lower probability (FineWeb's 0.65); "
+        "without --languages every document is kept and labelled"))
 
     def __post_init__(self):
         object.__setattr__(self, "languages", normalize_languages(self.languages))
@@ -180,7 +182,12 @@ def identify(text: str, model=None) -> tuple[str, float]:
 
 
 def reject_reason(label: str, score: float, cfg: LanguageConfig) -> str | None:
-    """LANGUAGE when a document predicted as ``label`` with ``score`` is dropped under ``cfg``, else None."""
-    if score < cfg.min_score or (cfg.languages and label not in cfg.languages):
+    """LANGUAGE when a document predicted as ``label`` with ``score`` is dropped under ``cfg``, else None.
+
+    Without ``languages`` every document is kept (and labelled): the threshold says how sure the model must be
+    that a document is in one of the languages asked for. A low top score says the text is mixed, code or
+    boilerplate as often as that it is in another language, so it is no reason to drop a document when every
+    language is wanted (on the built-in corpus it would drop code-heavy English READMEs)."""
+    if cfg.languages and (label not in cfg.languages or score < cfg.min_score):
         return LANGUAGE
     return None

@@ -218,7 +218,7 @@ class Stages:
     fineweb: FineWebConfig | None
     language: LanguageConfig
     near_dedup: NearDedupConfig | None
-    blocklist: frozenset[str] | None
+    blocklist: str | None  # the --url-blocklist file, checked
     redact_pii: bool
 
 
@@ -234,13 +234,12 @@ def stage_configs(args: argparse.Namespace) -> Stages:
     language.validate()
     near = _config_from_args(args, NearDedupConfig, "minhash")
     near.validate()
-    blocklist = None
     if args.url_blocklist:
-        from pipeline.urls import read_blocklist
+        from pipeline.web_stages import load_blocklist
 
-        blocklist = read_blocklist(args.url_blocklist)
+        load_blocklist(args.url_blocklist)  # each line checked before anything runs
     return Stages(configs["gopher"], configs["c4"], configs["fineweb"], language, near if args.near_dedup else None,
-                  blocklist, args.redact_pii)
+                  args.url_blocklist or None, args.redact_pii)
 
 
 def validate_args(args: argparse.Namespace) -> None:

@@ -13,9 +13,11 @@ from __future__ import annotations
 import dataclasses
 
 import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
 
 from pipeline import documents, pii, urls
 from pipeline.bundles import in_global_window
+from pipeline.files import is_remote
 from pipeline.documents import Document
 from pipeline.progress import FILTER
 from pipeline.progress_dofn import ReportingDoFn
@@ -23,12 +25,37 @@ from pipeline.progress_dofn import ReportingDoFn
 REDACT = "redact"  # the progress stage of RedactPII: "redact pii_email N, pii_ip M" in a progress line
 
 
-class _UrlFilterFn(ReportingDoFn):
-    """Document -> the Document, or a url_blocked Rejection (tagged "rejected") when its URL is blocked."""
+def load_blocklist(path: str) -> frozenset[str]:
+    """pipeline.urls.read_blocklist for a local path or any path Beam's FileSystems opens (gs://)."""
+    if not is_remote(path):
+        return urls.read_blocklist(path)
+    from apache_beam.io.filesystems import FileSystems
 
-    def __init__(self, blocklist: frozenset[str], progress_dir: str | None = None):
+    try:
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            data = f.read()
+    except Exception as e:  # noqa: BLE001 -- gcsio raises its own errors for a missing object or no access
+        raise FileNotFoundError(f"--url-blocklist {path}: cannot read it ({type(e).__name__}: {e})") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"--url-blocklist {path} is not UTF-8 text ({e}); save it as UTF-8") from None
+    return urls.parse_blocklist(text.splitlines(), path)
+
+
+class _UrlFilterFn(ReportingDoFn):
+    """Document -> the Document, or a url_blocked Rejection (tagged "rejected") when its URL is blocked. The
+    blocklist is read in setup(), once per worker: a list of millions of domains never travels in the job graph
+    (Dataflow limits its size) nor with every pickled copy of the DoFn."""
+
+    def __init__(self, blocklist_path: str, progress_dir: str | None = None):
         super().__init__(progress_dir)
-        self.blocklist = blocklist
+        self.blocklist_path = blocklist_path
+        self.blocklist = None
+
+    def setup(self):
+        super().setup()
+        self.blocklist = load_blocklist(self.blocklist_path)
 
     def process(self, doc: Document):
         if doc.url and urls.url_blocked(doc.url, self.blocklist):
@@ -42,18 +69,17 @@ class _UrlFilterFn(ReportingDoFn):
 class UrlFilter(beam.PTransform):
     """Documents -> (kept Documents, url_blocked Rejections, each with the document's url).
 
-    ``blocklist``: the names of pipeline.urls.read_blocklist. A document without a URL is kept. The blocklist
-    travels with the DoFn to every worker.
+    ``blocklist_path``: a blocklist file (pipeline.urls; local or gs://), read and checked here, when the pipeline
+    is built, and again by each worker. A document without a URL is kept.
     """
 
-    def __init__(self, blocklist: frozenset[str], progress_dir: str | None = None):
+    def __init__(self, blocklist_path: str, progress_dir: str | None = None):
         super().__init__()
-        if not blocklist:
-            raise ValueError("UrlFilter needs a non-empty blocklist (pipeline.urls.read_blocklist)")
-        self.blocklist, self.progress_dir = frozenset(blocklist), progress_dir
+        load_blocklist(blocklist_path)  # a mistake in the file fails here, naming its line, before any worker starts
+        self.blocklist_path, self.progress_dir = blocklist_path, progress_dir
 
     def expand(self, docs):
-        fn = _UrlFilterFn(self.blocklist, self.progress_dir)
+        fn = _UrlFilterFn(self.blocklist_path, self.progress_dir)
         out = docs | "BlockedUrls" >> beam.ParDo(fn).with_outputs("rejected", main="kept")
         return out.kept, out.rejected
 

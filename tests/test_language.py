@@ -331,24 +331,28 @@ def test_languages_keep_only_those_languages():
     assert _kept(LanguageConfig(min_score=0)) == {lang: 10 for lang in DOCS}  # nothing dropped: labels only
 
 
-def test_min_score_drops_uncertain_documents_with_or_without_languages():
+def test_min_score_drops_uncertain_documents_of_the_languages_asked_for():
     scored = [(lang, *identify(text)) for lang, text in fixture_texts()]
     scores = sorted(score for _, _, score in scored)
     cut = scores[len(scores) // 2]  # half the fixture is below it
     below = {lang: sum(1 for l_, label, s in scored if l_ == lang and s < cut) for lang in DOCS}
     expected = {lang: 10 - below[lang] for lang in DOCS if below[lang] < 10}
     assert sum(expected.values()) == len(scores) - len(scores) // 2
-    assert _kept(LanguageConfig(min_score=cut)) == expected
+    every = ",".join(DOCS)
+    assert _kept(LanguageConfig(languages=every, min_score=cut)) == expected
     assert _kept(LanguageConfig(languages="fr", min_score=cut)) == ({"fr": expected["fr"]} if "fr" in expected else {})
-    # a document that is a mix of languages has a low score: FineWeb's 0.65 drops it without --languages
+    assert _kept(LanguageConfig(min_score=cut)) == {lang: 10 for lang in DOCS}  # no --languages: nothing dropped
+    # a document that is a mix of languages has a low score: FineWeb's 0.65 drops it when languages are asked for
     mixed = " ".join(DOCS[lang][2].split(". ")[0] for lang in ("en", "de", "fr", "es", "it", "nl"))
     label, score = identify(mixed)
-    assert score < 0.65 and reject_reason(label, score, LanguageConfig()) == LANGUAGE
+    assert score < 0.65 and reject_reason(label, score, LanguageConfig(languages=label)) == LANGUAGE
+    assert reject_reason(label, score, LanguageConfig()) is None
 
 
 def test_a_score_equal_to_min_score_is_kept():
-    assert reject_reason("en", 0.65, LanguageConfig()) is None
-    assert reject_reason("en", 0.6499, LanguageConfig()) == LANGUAGE
+    assert reject_reason("en", 0.65, LanguageConfig(languages="en")) is None
+    assert reject_reason("en", 0.6499, LanguageConfig(languages="en")) == LANGUAGE
+    assert reject_reason("en", 0.01, LanguageConfig()) is None
     assert reject_reason("en", 1.0, LanguageConfig(languages="de")) == LANGUAGE
 
 
@@ -433,10 +437,10 @@ def test_language_filter_stage_sets_language_and_writes_the_details(beam_pipelin
     assert read_counts(str(progress)) == {FILTER: {"identified": len(docs), "rejected": len(rejected)}}
 
 
-def test_language_filter_stage_without_languages_keeps_every_confident_document(beam_pipeline):
+def test_language_filter_stage_without_languages_keeps_and_labels_every_document(beam_pipeline):
     require("apache_beam")
     kept, rejected = _run_stage(beam_pipeline(), _stage_docs(), LanguageConfig())
-    assert [r["id"] for r in rejected] == ["mixed"] and len(kept) == 100
+    assert rejected == [] and len(kept) == 101
 
 
 def test_language_filter_rejects_a_bad_config_when_built():

@@ -461,7 +461,7 @@ def test_dataset_rows_carry_their_url_column(tmp_path):
     fn.teardown()
 
 
-def test_url_filter_and_redact_pii_stages(beam_pipeline):
+def test_url_filter_and_redact_pii_stages(beam_pipeline, tmp_path):
     from references import require
 
     beam = require("apache_beam")
@@ -476,8 +476,10 @@ def test_url_filter_and_redact_pii_stages(beam_pipeline):
         Document("c", "no url, host 8.8.8.8 and 10.0.0.1", "s:c"),
         Document("d", "look-alike", "s:d", url="http://notexample.com/"),
     ]
+    blocklist = tmp_path / "blocklist.txt"
+    blocklist.write_text("example.com\n", encoding="utf-8")
     with beam_pipeline() as p:
-        kept, rejected = p | beam.Create(docs) | UrlFilter(frozenset({"example.com"}))
+        kept, rejected = p | beam.Create(docs) | UrlFilter(str(blocklist))
         redacted, edits = kept | beam.Map(lambda d: (d.id, d)) | RedactPII()
         assert_that(rejected | beam.Map(lambda r: json.dumps(to_rejection_record(r), sort_keys=True)), equal_to([
             json.dumps({"id": "b", "source": "s:b", "reason": "url_blocked", "text": "blocked",
@@ -488,5 +490,6 @@ def test_url_filter_and_redact_pii_stages(beam_pipeline):
             ("d", "look-alike", "http://notexample.com/"),
         ]), label="redacted")
         assert_that(edits | beam.CombinePerKey(sum), equal_to([("pii_email", 1), ("pii_ip", 1)]), label="edits")
-    with pytest.raises(ValueError, match="non-empty blocklist"):
-        UrlFilter(frozenset())
+    blocklist.write_text("# nothing\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="has no domains"):
+        UrlFilter(str(blocklist))

@@ -48,7 +48,7 @@ The tokenizer: a SentencePiece BPE model (vocab 8000) trained once on the corpus
 ``tokenizer.json`` with model.export.save_tokenizer (same ids), and that tokenizer.json given to both sides
 (datatrove tokenizes only with the ``tokenizers`` library).
 
-    python benchmarks/bench_fineweb.py --datatrove-pythonpath /tmp/datatrove-deps --size-mb 100 --repeats 3 \\
+    python benchmarks/bench_fineweb.py --datatrove-pythonpath /tmp/datatrove-deps --size-mb 10 --repeats 3 \\
         --work /tmp/bench-fineweb --out /tmp/bench-fineweb.md
 
 Absolute seconds depend on the machine and its load; the ratio, measured side by side, is the result.
@@ -65,6 +65,7 @@ import os
 import platform
 import random
 import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -386,7 +387,7 @@ def our_flags(repo: str, blocklist: str) -> tuple[list[str], list[str]]:
                                text=True, env=dict(os.environ, PYTHONPATH=repo), check=True).stdout
     flags, left_out = [], []
     for flag, value in OUR_STAGE_FLAGS:
-        entry = re.search(rf"^\s+{re.escape(flag)}\b(.*(?:\n(?!\s+-).*)*)", help_text, re.M)
+        entry = re.search(rf"^\s+{re.escape(flag)}(?=[\s,=])(.*(?:\n(?!\s+-).*)*)", help_text, re.M)
         if entry is None:
             left_out.append(flag)
             continue
@@ -530,6 +531,7 @@ def datatrove_pipeline(spec: dict) -> None:
         os.path.join(path["logs"], "4", "stats.json"))
     result["read"] = result["steps"][0]["out"]
     result["kept"], result["tokens"] = result["steps"][-1]["in"], result["steps"][-1]["tokens"]
+    result["dropped"] = {s["name"]: s["in"] - s["out"] for s in result["steps"] if s["in"] > s["out"]}
     with open(os.path.join(out, "result.json"), "w") as f:
         json.dump(result, f, indent=1)
 
@@ -555,10 +557,11 @@ def step_stats(path: str) -> list[dict]:
         if "documents" in s:  # a reader: what it read is what it passes on
             docs_in, docs_out = 0, total(s["documents"])
         tokens = s.get("tokens", {})
-        if tokens:
-            docs_in = tokens.get("n", 0)
-        own = seconds - before if "MinHash stage 1" in step.get("name", "") else seconds
-        steps.append({"name": step.get("name", "?"), "seconds": round(seconds, 2), "own_seconds": round(own, 2),
+        if tokens:  # the tokenizer: every document it gets is kept
+            docs_in = docs_out = tokens.get("n", 0)
+        own = seconds - before if "MinHash stage 1" in step.get("name", "") else seconds  # it times its input too
+        name = " ".join(step.get("name", "?").encode("ascii", "ignore").decode().replace(" - ", " ").split())
+        steps.append({"name": name, "seconds": round(seconds, 2), "own_seconds": round(own, 2),
                       "in": docs_in, "out": docs_out, "chars_out": total(s.get("doc_len", 0)),
                       "tokens": total(tokens)})
         before += seconds
@@ -571,13 +574,18 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="See the module docstring for what datatrove needs and how it is given.")
-    parser.add_argument("--size-mb", type=float, default=100, help="MB of page text (UTF-8) in the corpus")
+    parser.add_argument("--size-mb", type=float, default=10,
+                        help="MB of page text (UTF-8) in the corpus; the default takes datatrove one to three minutes "
+                        "on 2 cores, 1-2 for a smoke run")
     parser.add_argument("--repeats", type=int, default=3, help="alternating repetitions (ours, datatrove, ours, ...)")
     parser.add_argument("--datatrove-pythonpath", nargs="*", default=[], metavar="DIR",
                         help="folders added to datatrove's PYTHONPATH, where spaCy, tldextract and pyahocorasick were "
                         "installed with pip install --target DIR")
     parser.add_argument("--tree", default=REPO, metavar="DIR",
                         help="the checkout whose pipeline.prepare runs as ours (default: this one)")
+    parser.add_argument("--ours-flags", default="", metavar="FLAGS",
+                        help="more flags for our prepare run, one string (e.g. to switch a C4 line rule off that "
+                        "datatrove's FineWeb setup does not run)")
     parser.add_argument("--work", default="/tmp/bench-fineweb", help="corpus, tokenizer and outputs")
     parser.add_argument("--out", default=None, help="append a markdown report to this file")
     parser.add_argument("--datatrove-spec", default=None, help=argparse.SUPPRESS)  # the datatrove subprocess
@@ -598,6 +606,7 @@ def main(argv=None) -> None:
     corpus = build_corpus(work, args.size_mb)
     tok = tokenizer_files(work, corpus)
     stage_flags, left_out = our_flags(tree, corpus["blocklist"])
+    extra = shlex.split(args.ours_flags)
     rates = encode_seconds_per_char(tok, corpus)
 
     load_before = os.getloadavg()
@@ -612,19 +621,28 @@ def main(argv=None) -> None:
         print(line, flush=True)
     reps = []
     for rep in range(args.repeats):
-        ours = run_ours(tree, corpus, os.path.join(work, "ours-out"), tok["json"], stage_flags)
-        print(f"rep {rep + 1} ours: {ours['seconds']:.1f} s, read {ours['read']} kept {ours['kept']}, "
-              f"{corpus['mb'] / ours['seconds']:.2f} MB/s; rejected {ours['rejected']}", flush=True)
-        theirs = run_datatrove(work, env, corpus, os.path.join(work, "datatrove-out"), tok["json"])
-        ratio = theirs["seconds"] / ours["seconds"]
-        print(f"rep {rep + 1} datatrove: {theirs['seconds']:.1f} s, read {theirs['read']} kept {theirs['kept']}, "
-              f"{corpus['mb'] / theirs['seconds']:.2f} MB/s; runs {theirs['stages']}; throughput ours / datatrove "
-              f"{ratio:.2f}x", flush=True)
-        reps.append({"ours": ours, "datatrove": theirs, "ratio": ratio})
+        sides = {}
+        # alternate which side goes first: ours first in odd repetitions, datatrove first in even ones
+        for side in (("ours", "datatrove") if rep % 2 == 0 else ("datatrove", "ours")):
+            if side == "ours":
+                res = run_ours(tree, corpus, os.path.join(work, "ours-out"), tok["json"], stage_flags + extra)
+                detail = f"rejected {res['rejected']}"
+            else:
+                res = run_datatrove(work, env, corpus, os.path.join(work, "datatrove-out"), tok["json"])
+                detail = f"runs {res['stages']}; dropped per step {res['dropped']}"
+            print(f"rep {rep + 1} {side}: {res['seconds']:.1f} s, documents in {res['read']} kept {res['kept']}, "
+                  f"{corpus['mb'] / res['seconds']:.3f} MB/s of input, peak RSS of the process tree "
+                  f"{res['rss_tree_mb']:.0f} MB; {detail}", flush=True)
+            sides[side] = res
+        ratio = sides["datatrove"]["seconds"] / sides["ours"]["seconds"]
+        print(f"rep {rep + 1}: throughput ours / datatrove {ratio:.2f}x", flush=True)
+        reps.append({**sides, "ratio": ratio})
     load_after = os.getloadavg()
     ratios = [r["ratio"] for r in reps]
     status = ("met" if min(ratios) >= TARGET else "median met, range did not" if statistics.median(ratios) >= TARGET
               else "not met")
+    if left_out:
+        status = f"not comparable: ours ran without {', '.join(left_out)}"
     print(f"throughput ours / datatrove: {', '.join(f'{r:.2f}' for r in ratios)}; median {statistics.median(ratios):.2f}x "
           f"(min {min(ratios):.2f}, max {max(ratios):.2f}); target >= {TARGET}x: {status}", flush=True)
     print(f"encoding {rates['chars']} characters in one process: raw SentencePiece {rates['sentencepiece'] * 1e6:.3f} "
@@ -649,7 +667,8 @@ def main(argv=None) -> None:
                          f"{d['read']} / {d['kept']} |")
         block = ["### FineWeb-style run against datatrove", "", "```bash",
                  f"python benchmarks/bench_fineweb.py --datatrove-pythonpath {' '.join(args.datatrove_pythonpath)} "
-                 f"--size-mb {args.size_mb:g} --repeats {args.repeats} --work {args.work} --out {args.out}", "```", "",
+                 f"--size-mb {args.size_mb:g} --repeats {args.repeats} --work {args.work} --out {args.out}"
+                 + (f" --ours-flags {shlex.quote(args.ours_flags)}" if args.ours_flags else ""), "```", "",
                  f"Run of {datetime.date.today()}, load average {load_before[0]:.1f} at start and {load_after[0]:.1f} at "
                  f"the end on {os.cpu_count()} cores, Python {platform.python_version()}, datatrove {version}; "
                  f"{WORKERS} workers each; corpus {corpus['docs']} pages, {corpus['mb']} MB ({corpus['kinds']}).", "",

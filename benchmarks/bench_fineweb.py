@@ -1,7 +1,9 @@
 """A FineWeb-style preparation run side by side with datatrove's equivalent pipeline, on the same corpus and cores.
 
 Both sides read the same JSONL files (``text``, ``id``, ``url``), use 2 worker processes and the same tokenizer
-file, and each runs as a subprocess timed from launch to exit; repetitions alternate (ours, datatrove, ours, ...).
+file, and each runs as a subprocess timed from launch to exit; the order alternates (ours first in odd
+repetitions, datatrove first in even ones). The result is throughput (MB of input text per second of wall time)
+ours / datatrove, per repetition.
 
   * ours: ``python -m pipeline.prepare --rules gopher,c4,fineweb --languages en --url-blocklist FILE --redact-pii
     --direct_num_workers 2`` (near-dedup on by default; exact dedup too). Flags that this checkout's prepare does
@@ -371,7 +373,8 @@ def relative_costs(steps: list[dict], sp_per_char: float) -> list[tuple[str, flo
     out, chars, docs = [], None, None
     for step in steps:
         if step["in"] and chars is not None:
-            entering = chars * step["in"] / docs if docs else 0  # chars of the documents entering, at the last known size
+            # characters of the documents entering, at the size per document last reported
+            entering = chars * step["in"] / docs if docs else 0
             out.append((step["name"], step["own_seconds"], step["own_seconds"] / (entering * sp_per_char)
                         if entering else float("nan")))
         if step["chars_out"]:
@@ -391,13 +394,17 @@ def our_flags(repo: str, blocklist: str) -> tuple[list[str], list[str]]:
         if entry is None:
             left_out.append(flag)
             continue
-        if flag == "--rules":  # keep the rule sets the help names
-            known = [s for s in value.split(",") if re.search(rf"\b{s}\b", entry.group(1))]
-            if known != value.split(","):
-                left_out.append(f"--rules sets {','.join(s for s in value.split(',') if s not in known)}")
+        if flag == "--rules":  # keep the rule sets its help names
+            wanted = value.split(",")
+            known = [name for name in wanted if re.search(rf"\b{name}\b", entry.group(1))]
+            if known != wanted:
+                left_out.append(f"--rules sets {','.join(name for name in wanted if name not in known)}")
+            if not known:
+                continue
             value = ",".join(known)
-        flags += [flag] + ([blocklist if flag == "--url-blocklist" else value] if value or flag == "--url-blocklist"
-                           else [])
+        if flag == "--url-blocklist":
+            value = blocklist
+        flags += [flag] if value is None else [flag, value]
     return flags, left_out
 
 
@@ -440,17 +447,17 @@ def datatrove_env(work: str, extra_paths: list[str]) -> dict:
 
 def check_datatrove_runs(env: dict) -> str:
     """Import what datatrove's steps need before any timing; raise with the fix. Returns datatrove's version."""
-    code = ("import datatrove, spacy, tldextract, ahocorasick, fasttext.FastText, tokenizers, importlib.metadata; "
-            "spacy.blank('en'); importlib.metadata.version('fasttext-numpy2-wheel'); import xxhash; xxhash.xxh64_intdigest('a'); "
-            "print(importlib.metadata.version('datatrove'))")
+    code = ("import importlib.metadata as m, datatrove, spacy, tldextract, ahocorasick, fasttext.FastText, tokenizers, "
+            "xxhash; spacy.blank('en'); m.version('fasttext-numpy2-wheel'); xxhash.xxh64_intdigest('str'); "
+            "print(m.version('datatrove'))")
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     if proc.returncode != 0:
-        missing = re.findall(r"No module named '([^']+)'|No package metadata was found for (\S+)|(Strings must be encoded)",
-                             proc.stderr)
-        raise RuntimeError(f"datatrove's steps do not import here (missing: {missing or '?'}); install spaCy, "
-                           "tldextract, pyahocorasick, fasttext-numpy2-wheel and xxhash<4 outside the venv and pass the "
-                           "folder:\n  pip install --target /tmp/datatrove-deps spacy tldextract pyahocorasick "
-                           f"fasttext-numpy2-wheel 'xxhash<4'\n  --datatrove-pythonpath /tmp/datatrove-deps\n{proc.stderr[-2000:]}")
+        lines = proc.stderr.strip().splitlines()
+        raise RuntimeError(
+            f"datatrove's steps do not run here ({lines[-1] if lines else '?'}); install spaCy, tldextract, "
+            "pyahocorasick, fasttext-numpy2-wheel and xxhash<4 outside the venv and pass the folder:\n"
+            "  pip install --target /tmp/datatrove-deps spacy tldextract pyahocorasick fasttext-numpy2-wheel 'xxhash<4'"
+            f"\n  --datatrove-pythonpath /tmp/datatrove-deps\n{proc.stderr[-2000:]}")
     return proc.stdout.strip()
 
 
@@ -639,11 +646,11 @@ def main(argv=None) -> None:
         reps.append({**sides, "ratio": ratio})
     load_after = os.getloadavg()
     ratios = [r["ratio"] for r in reps]
-    status = ("met" if min(ratios) >= TARGET else "median met, range did not" if statistics.median(ratios) >= TARGET
-              else "not met")
+    median = statistics.median(ratios)
+    status = "met" if min(ratios) >= TARGET else "median met, range did not" if median >= TARGET else "not met"
     if left_out:
         status = f"not comparable: ours ran without {', '.join(left_out)}"
-    print(f"throughput ours / datatrove: {', '.join(f'{r:.2f}' for r in ratios)}; median {statistics.median(ratios):.2f}x "
+    print(f"throughput ours / datatrove: {', '.join(f'{r:.2f}' for r in ratios)}; median {median:.2f}x "
           f"(min {min(ratios):.2f}, max {max(ratios):.2f}); target >= {TARGET}x: {status}", flush=True)
     print(f"encoding {rates['chars']} characters in one process: raw SentencePiece {rates['sentencepiece'] * 1e6:.3f} "
           f"s per M characters, the tokenizer.json {rates['tokenizer_json'] * 1e6:.3f} s per M characters "
@@ -653,35 +660,46 @@ def main(argv=None) -> None:
           "SentencePiece encoding of the characters entering the step): " + "; ".join(
               f"{name} {seconds:.1f} s = {rel:.2f}x" for name, seconds, rel in costs))
     row = (f"| [FineWeb-style run vs datatrove](#fineweb-style-run-against-datatrove) | >= {TARGET}x datatrove's "
-           f"throughput, same steps and tokenizer, 2 cores | {statistics.median(ratios):.2f}x ({min(ratios):.2f}-"
-           f"{max(ratios):.2f}) | {status} |")
+           f"throughput, same steps and tokenizer, 2 cores | {median:.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) | "
+           f"{status} |")
     print(row)
     print(f"load average after: {load_after}")
     if args.out:
-        table = ["| repetition | ours s (MB/s) | datatrove s (MB/s) | ours / datatrove throughput | pages in / kept, ours "
-                 "| pages in / kept, datatrove |", "|---|---|---|---|---|---|"]
-        for i, r in enumerate(reps):
-            o, d = r["ours"], r["datatrove"]
-            table.append(f"| {i + 1} | {o['seconds']:.1f} ({corpus['mb'] / o['seconds']:.2f}) | {d['seconds']:.1f} "
-                         f"({corpus['mb'] / d['seconds']:.2f}) | {r['ratio']:.2f}x | {o['read']} / {o['kept']} | "
-                         f"{d['read']} / {d['kept']} |")
-        block = ["### FineWeb-style run against datatrove", "", "```bash",
-                 f"python benchmarks/bench_fineweb.py --datatrove-pythonpath {' '.join(args.datatrove_pythonpath)} "
-                 f"--size-mb {args.size_mb:g} --repeats {args.repeats} --work {args.work} --out {args.out}"
-                 + (f" --ours-flags {shlex.quote(args.ours_flags)}" if args.ours_flags else ""), "```", "",
-                 f"Run of {datetime.date.today()}, load average {load_before[0]:.1f} at start and {load_after[0]:.1f} at "
-                 f"the end on {os.cpu_count()} cores, Python {platform.python_version()}, datatrove {version}; "
-                 f"{WORKERS} workers each; corpus {corpus['docs']} pages, {corpus['mb']} MB ({corpus['kinds']}).", "",
-                 f"- ours: `{' '.join(reps[0]['ours']['cmd'][1:]).replace(work + '/', 'WORK/')}`"
-                 + (f"; left out (not in this checkout yet): {', '.join(left_out)}" if left_out else ""),
-                 f"- datatrove runs (last repetition, s): {reps[-1]['datatrove']['stages']}",
-                 f"- raw SentencePiece encoding in one process: {rates['sentencepiece'] * 1e6:.3f} s per M characters; "
-                 f"the shared tokenizer.json: {rates['tokenizer_json'] / rates['sentencepiece']:.2f}x that",
-                 "- datatrove per step, x raw SentencePiece encoding of the characters entering it: " + "; ".join(
-                     f"{name} {rel:.2f}x" for name, _, rel in costs), "",
-                 *table, "", row, ""]
+        lines = report(args, work, version, corpus, reps, rates, costs, left_out, (load_before, load_after)) + [row, ""]
         with open(args.out, "a") as f:
-            f.write("\n".join(block) + "\n")
+            f.write("\n".join(lines) + "\n")
+
+
+def report(args, work: str, version: str, corpus: dict, reps: list[dict], rates: dict, costs: list, left_out: list,
+           loads: tuple) -> list[str]:
+    """The markdown section for benchmarks/RESULTS.md (without its summary row)."""
+    table = ["| repetition | ours s (MB/s) | datatrove s (MB/s) | throughput ours / datatrove | documents in / kept: "
+             "ours, datatrove |", "|---|---|---|---|---|"]
+    mb = corpus["mb"]
+    for i, r in enumerate(reps):
+        o, d = r["ours"], r["datatrove"]
+        table.append(f"| {i + 1} | {o['seconds']:.1f} ({mb / o['seconds']:.3f}) | {d['seconds']:.1f} "
+                     f"({mb / d['seconds']:.3f}) | {r['ratio']:.2f}x | {o['read']} / {o['kept']}, "
+                     f"{d['read']} / {d['kept']} |")
+    command = (f"python benchmarks/bench_fineweb.py --datatrove-pythonpath {' '.join(args.datatrove_pythonpath)} "
+               f"--size-mb {args.size_mb:g} --repeats {args.repeats} --work {args.work} --out {args.out}"
+               + (f" --ours-flags {shlex.quote(args.ours_flags)}" if args.ours_flags else ""))
+    last = reps[-1]
+    return [
+        "### FineWeb-style run against datatrove", "", "```bash", command, "```", "",
+        f"Run of {datetime.date.today()}, load average {loads[0][0]:.1f} at start and {loads[1][0]:.1f} at the end on "
+        f"{os.cpu_count()} cores, Python {platform.python_version()}, datatrove {version}; {WORKERS} workers each; "
+        f"corpus {corpus['docs']} pages, {mb} MB ({corpus['kinds']}).", "",
+        f"- ours: `{' '.join(reps[0]['ours']['cmd'][1:]).replace(work + '/', 'WORK/')}`"
+        + (f"; left out (not in this checkout yet): {', '.join(left_out)}" if left_out else ""),
+        f"- rejected, ours (last repetition): {last['ours']['rejected']}; dropped per step, datatrove: "
+        f"{last['datatrove']['dropped']}",
+        f"- datatrove's executor runs (last repetition, s): {last['datatrove']['stages']}",
+        f"- raw SentencePiece encoding in one process: {rates['sentencepiece'] * 1e6:.3f} s per M characters; the "
+        f"shared tokenizer.json: {rates['tokenizer_json'] / rates['sentencepiece']:.2f}x that",
+        "- datatrove per step, x raw SentencePiece encoding of the characters entering it: " + "; ".join(
+            f"{name} {rel:.2f}x" for name, _, rel in costs), "",
+        *table, ""]
 
 
 if __name__ == "__main__":

@@ -43,8 +43,8 @@ The corpus (built once into WORK/fineweb-corpus-<size>/, deterministic for a giv
 English pages of ~2 KB made of real English sentences (the prose sentences of the built-in corpus's stdlib and
 distribution docstrings), with a title, paragraphs, and now and then cookie or navigation boilerplate, an e-mail
 address or a public IP address; ~5% pages in six other languages; ~2% pages on blocked domains (some on
-subdomains); ~4% pages that the quality rules should drop; and ~10% near-duplicates of earlier pages (a few
-words replaced, Jaccard ~0.8-0.9 on word 5-grams; some are copies of copies, so they chain).
+subdomains); ~4% pages that the quality rules should drop; and ~10% near-duplicates of earlier pages (one word
+in 60 replaced: Jaccard ~0.85 on word 5-grams with the page copied; some copy a copy, so they chain).
 
 The tokenizer: a SentencePiece BPE model (vocab 8000) trained once on the corpus, converted to a Hugging Face
 ``tokenizer.json`` with model.export.save_tokenizer (same ids), and that tokenizer.json given to both sides
@@ -253,12 +253,12 @@ class PageMaker:
         return "\n".join(f"function {w}() {{ return {rng.randrange(100)}; }}" for w in rng.sample(self.words, 40))
 
     def near_copy(self, text: str) -> str:
-        """``text`` with about one word in 40 replaced (Jaccard of word 5-grams ~0.8-0.9)."""
+        """``text`` with about one word in 60 replaced, the title kept (Jaccard of word 5-grams ~0.85)."""
         rng = self.rng
         lines = [line.split(" ") for line in text.split("\n")]
         for words in lines[1:]:
             for i in range(len(words)):
-                if rng.random() < 1 / 40:
+                if rng.random() < 1 / 60:
                     words[i] = rng.choice(self.words)
         return "\n".join(" ".join(words) for words in lines)
 

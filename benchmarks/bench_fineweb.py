@@ -551,8 +551,8 @@ def step_stats(path: str) -> list[dict]:
     """Per step of a datatrove run (its merged stats.json): name, seconds (summed over tasks), documents and
     characters in and out, tokens (the tokenizer step).
 
-    datatrove times a filter's work on each document alone, and a step that consumes the stream (the MinHash
-    signature step, a writer) with the steps before it included; own_seconds subtracts those."""
+    datatrove times a reader, filter, formatter or writer on each document alone, but the MinHash signature step
+    around its whole loop over the stream, the steps before it included; its own_seconds subtracts those."""
     with open(path) as f:
         stats = json.load(f)
 
@@ -588,10 +588,11 @@ def main(argv=None) -> None:
     parser.add_argument("--size-mb", type=float, default=10,
                         help="MB of page text (UTF-8) in the corpus; the default takes datatrove one to three minutes "
                         "on 2 cores, 1-2 for a smoke run")
-    parser.add_argument("--repeats", type=int, default=3, help="alternating repetitions (ours, datatrove, ours, ...)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="repetitions, each running both sides (ours first in odd ones, datatrove first in even)")
     parser.add_argument("--datatrove-pythonpath", nargs="*", default=[], metavar="DIR",
-                        help="folders added to datatrove's PYTHONPATH, where spaCy, tldextract and pyahocorasick were "
-                        "installed with pip install --target DIR")
+                        help="folders put on the datatrove process's PYTHONPATH, where spaCy, tldextract, "
+                        "pyahocorasick, fasttext-numpy2-wheel and xxhash<4 were installed with pip install --target DIR")
     parser.add_argument("--tree", default=REPO, metavar="DIR",
                         help="the checkout whose pipeline.prepare runs as ours (default: this one)")
     parser.add_argument("--ours-flags", default="", metavar="FLAGS",

@@ -592,7 +592,7 @@ def main(argv=None) -> None:
                         help="repetitions, each running both sides (ours first in odd ones, datatrove first in even)")
     parser.add_argument("--datatrove-pythonpath", nargs="*", default=[], metavar="DIR",
                         help="folders put on the datatrove process's PYTHONPATH, where spaCy, tldextract, "
-                        "pyahocorasick, fasttext-numpy2-wheel and xxhash<4 were installed with pip install --target DIR")
+                        "pyahocorasick, fasttext-numpy2-wheel and xxhash<4 were installed (pip install --target DIR)")
     parser.add_argument("--tree", default=REPO, metavar="DIR",
                         help="the checkout whose pipeline.prepare runs as ours (default: this one)")
     parser.add_argument("--ours-flags", default="", metavar="FLAGS",

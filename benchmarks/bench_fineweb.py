@@ -688,6 +688,7 @@ def report(args, work: str, version: str, corpus: dict, reps: list[dict], rates:
                      f"{d['read']} / {d['kept']} |")
     command = (f"python benchmarks/bench_fineweb.py --datatrove-pythonpath {' '.join(args.datatrove_pythonpath)} "
                f"--size-mb {args.size_mb:g} --repeats {args.repeats} --work {args.work} --out {args.out}"
+               + (f" --tree {args.tree}" if os.path.abspath(args.tree) != REPO else "")
                + (f" --ours-flags {shlex.quote(args.ours_flags)}" if args.ours_flags else ""))
     last = reps[-1]
     return [

@@ -21,6 +21,19 @@ ours / datatrove, per repetition.
 
 MinHash settings are FineWeb's on both sides: word 5-grams, 14 bands of 8 rows, 64-bit hashes.
 
+Where the work differs (each side's documented behaviour, left as it is):
+  * ours also removes exact duplicates, writes every rejected document to rejected/, holds out a validation
+    split and writes Megatron .bin/.idx shards and a manifest; datatrove here writes no excluded documents
+    (no exclusion_writer), and its DocumentTokenizer writes one shuffled .ds file per task (no merge step).
+  * datatrove splits words with its English word tokenizer, spaCy (``spacy.blank("en")``): GopherRepetition
+    (reused by GopherQuality through a small cache), C4QualityFilter (sentences of every kept line), FineWeb
+    (again, on the text C4 edited) and the MinHash signatures each run it; ours splits at whitespace. Word-based
+    rules therefore judge a few pages differently (e.g. the alpha-word share counts punctuation tokens there).
+  * datatrove's FineWebQualityFilter drops pages whose duplicated lines hold more than 1% of the characters
+    (its default char_duplicates_ratio=0.01); FineWeb's paper and our rule use 10%.
+  * datatrove's LanguageFilter scores all 176 labels of every page (k=-1); DocumentTokenizer encodes in batches
+    with the tokenizers library's own thread pool, in each task.
+
 What datatrove needs beyond the project's venv, and how this script gives it without any download at run time:
   * spaCy (datatrove's English word tokenizer: ``spacy.blank("en")``, no model files), tldextract and
     pyahocorasick (URLFilter), fasttext-numpy2-wheel (LanguageFilter checks for that distribution by name; the
@@ -596,8 +609,7 @@ def main(argv=None) -> None:
     parser.add_argument("--tree", default=REPO, metavar="DIR",
                         help="the checkout whose pipeline.prepare runs as ours (default: this one)")
     parser.add_argument("--ours-flags", default="", metavar="FLAGS",
-                        help="more flags for our prepare run, one string (e.g. to switch a C4 line rule off that "
-                        "datatrove's FineWeb setup does not run)")
+                        help="more flags for our prepare run, one string (e.g. '--minhash-bands 20')")
     parser.add_argument("--work", default="/tmp/bench-fineweb", help="corpus, tokenizer and outputs")
     parser.add_argument("--out", default=None, help="append a markdown report to this file")
     parser.add_argument("--datatrove-spec", default=None, help=argparse.SUPPRESS)  # the datatrove subprocess

@@ -122,7 +122,9 @@ def rules_off(repo: str) -> tuple[list[str], FilterConfig, str]:
     cfg.validate()
     described = re.search(r"^\s+--rules\b", help_text, re.M)  # the option's own entry, not the usage line
     if described and "none" in help_text[described.start():described.start() + 400]:
-        return ["--rules", "none"], cfg, "`--rules none` (no rule runs)"
+        # Megatron's tool only tokenizes: the stages that have a switch and are not rules go off too.
+        extra = [flag for flag in ("--no-language-id", "--no-near-dedup") if flag in help_text]
+        return ["--rules", "none", *extra], cfg, f"`--rules none {' '.join(extra)}`".rstrip() + " (no rule runs)"
     flags = []
     for name, value in values.items():
         flags += ["--" + name.replace("_", "-"), str(value)]

@@ -164,6 +164,10 @@ def run_prepare(files_glob: str, out: str, model_path: str, workers: int, extra:
            "--tokenizer", model_path, "--train-shards", str(train_shards), "--val-shards", "1", *extra]
     if group_mb is not None and tree is None:
         cmd += ["--max-group-mb", str(group_mb), "--no-progress"]
+    if tree is None:
+        # This benchmark's workload: the Gopher rules, exact dedup, tokenizing and shards (the corpus-quality
+        # stages have benchmarks of their own: bench_fineweb, bench_minhash, bench_language, bench_rules).
+        cmd += ["--rules", "gopher", "--no-language-id", "--no-near-dedup"]
     if workers > 1:
         cmd += ["--direct_num_workers", str(workers), "--direct_running_mode", "multi_processing"]
     repo = tree or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

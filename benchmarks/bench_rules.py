@@ -1,5 +1,5 @@
-"""Cost of each quality rule set (Gopher, C4, FineWeb, and all three as QualityFilter runs them) relative to raw
-SentencePiece encoding of the same text, and what each set removes.
+"""Cost of each quality rule set (Gopher, C4, FineWeb, and all three as QualityFilter runs them), of PII redaction
+and of the URL blocklist check, relative to raw SentencePiece encoding of the same text, and what each set removes.
 
 The corpus is the built-in one (pipeline.builtin_corpus, standard library + distributions) or the JSONL files
 given with --jsonl ("text" field). A SentencePiece BPE model (--vocab-size) is trained on a sample of it; the
@@ -26,6 +26,8 @@ from pipeline.c4_rules import EDITS, C4Config, c4_clean  # noqa: E402
 from pipeline.documents import Document  # noqa: E402
 from pipeline.filters import FilterConfig, iter_reject_reasons  # noqa: E402
 from pipeline.fineweb_rules import FineWebConfig, fineweb_reason  # noqa: E402
+from pipeline.pii import redact  # noqa: E402
+from pipeline.urls import parse_blocklist, url_blocked  # noqa: E402
 from pipeline.tokenizer import train_tokenizer  # noqa: E402
 
 
@@ -106,6 +108,15 @@ def main(argv=None) -> None:
         ("fineweb (fineweb_reason)", lambda: [fineweb_reason(t, fineweb) for t in texts]),
         ("QualityFilter gopher,c4,fineweb", lambda: quality_stage(texts, gopher, c4, fineweb)),
     ]
+    # The built-in corpus has no URLs: each document gets one on one of 2,000 hosts, half of them blocked by
+    # a list of 1,000 domains (their parents). The check looks at the URL only; its cost is per document.
+    blocklist = parse_blocklist([f"site{i}.example.com" for i in range(0, 2000, 2)], "bench")
+    urls = [f"https://www.site{i % 2000}.example.com/page/{i}" for i in range(len(texts))]
+    extra = [
+        ("PII redaction (pii.redact; drops nothing)", lambda: [None for _ in map(redact, texts)]),
+        ("URL blocklist check (urls.url_blocked), 1,000 domains", lambda: [
+            "url_blocked" if url_blocked(u, blocklist) else None for u in urls]),
+    ]
     say("| rule set | seconds | M chars/s | cost relative to SentencePiece encode | kept documents |")
     say("|---|---|---|---|---|")
     outcomes = {}
@@ -114,6 +125,10 @@ def main(argv=None) -> None:
         outcomes[name] = collections.Counter(r or "kept" for r in reasons)
         say(f"| {name} | {seconds:.2f} | {chars / seconds / 1e6:.2f} | {seconds / t_spm:.2f} | "
             f"{outcomes[name]['kept']} of {len(texts)} |")
+    for name, fn in extra:
+        seconds, reasons = best_of(args.repeats, fn)
+        say(f"| {name} | {seconds:.2f} | {chars / seconds / 1e6:.2f} | {seconds / t_spm:.2f} | "
+            f"{sum(r is None for r in reasons)} of {len(texts)} |")
     say("")
     say("What each set removes (documents per reason; C4's line edits over the documents it keeps):")
     for name, counts in outcomes.items():

@@ -155,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "(FineWeb's step); counted under edits pii_email, pii_ip")
 
     lid = p.add_argument_group("language identification (fastText lid.176)")
+    lid.add_argument("--no-language-id", dest="language_id", action="store_false",
+                     help="skip language identification (on by default: it labels every document, and with "
+                     "--languages keeps only those); the manifest's languages is then empty")
     defaults = LanguageConfig()
     lid.add_argument("--languages", default="", metavar="CODES",
                      help=_field_help(LanguageConfig, "languages"))
@@ -216,7 +219,7 @@ class Stages:
     gopher: FilterConfig | None
     c4: C4Config | None
     fineweb: FineWebConfig | None
-    language: LanguageConfig
+    language: LanguageConfig | None
     near_dedup: NearDedupConfig | None
     blocklist: str | None  # the --url-blocklist file, checked
     redact_pii: bool
@@ -230,6 +233,8 @@ def stage_configs(args: argparse.Namespace) -> Stages:
         cfg = _config_from_args(args, cls, prefix)
         cfg.validate()  # checked even when --rules leaves it unused
         configs[name] = cfg if name in sets else None
+    if args.languages and not args.language_id:
+        raise ValueError("--languages needs language identification: drop --no-language-id, or drop --languages")
     language = LanguageConfig(languages=args.languages, min_score=args.min_language_score)
     language.validate()
     near = _config_from_args(args, NearDedupConfig, "minhash")
@@ -238,7 +243,8 @@ def stage_configs(args: argparse.Namespace) -> Stages:
         from pipeline.web_stages import load_blocklist
 
         load_blocklist(args.url_blocklist)  # each line checked before anything runs
-    return Stages(configs["gopher"], configs["c4"], configs["fineweb"], language, near if args.near_dedup else None,
+    return Stages(configs["gopher"], configs["c4"], configs["fineweb"], language if args.language_id else None,
+                  near if args.near_dedup else None,
                   args.url_blocklist or None, args.redact_pii)
 
 
@@ -530,8 +536,9 @@ def build_pipeline(p, args, stages: Stages, sizes: dict[str, int], hf_rows: int,
     if stages.blocklist is not None:
         docs, blocked = docs | "UrlFilter" >> UrlFilter(stages.blocklist, progress)
         dropping.append(("url", blocked))
-    docs, other_language = docs | "LanguageFilter" >> LanguageFilter(stages.language, progress)
-    dropping.append(("language", other_language))
+    if stages.language is not None:
+        docs, other_language = docs | "LanguageFilter" >> LanguageFilter(stages.language, progress)
+        dropping.append(("language", other_language))
     kept = docs
     if stages.gopher or stages.c4 or stages.fineweb:
         kept, low_quality, quality_edits = docs | "QualityFilter" >> QualityFilter(
@@ -638,7 +645,7 @@ def prepare(argv: list[str] | None = None) -> Outcome:
     config.update(filters=asdict(stages.gopher) if stages.gopher else None,
                   c4=asdict(stages.c4) if stages.c4 else None,
                   fineweb=asdict(stages.fineweb) if stages.fineweb else None,
-                  language=dict(asdict(stages.language), model=language_model_info()),
+                  language=dict(asdict(stages.language), model=language_model_info()) if stages.language else None,
                   near_dedup=asdict(stages.near_dedup) if stages.near_dedup else None,
                   beam_args=list(beam_args), input_files=len(files))
     input_groups = None

@@ -185,3 +185,19 @@ def test_two_workers_write_byte_identical_shards(corpus, one_worker, tmp_path):
     redacted = [t for t in texts.values() if "email@example.com" in t]
     assert len(redacted) == 1 and "192.0.2.1" in redacted[0] and "jane.doe" not in redacted[0]
     assert any(t.startswith(kept_text(corpus["a"])[:60]) for t in texts.values())
+
+
+def test_each_stage_switches_off(corpus, tmp_path):
+    """--no-language-id, --no-near-dedup, --rules gopher and no --url-blocklist / --redact-pii: the blocked pages,
+    the near duplicates and the e-mail address reach the shards; the German page goes for Gopher's English stop
+    words only."""
+    out = tmp_path / "out"
+    args = ["--input", corpus["wet"], "--input", corpus["jsonl"], "--output", str(out), "--vocab-size", "400",
+            "--train-shards", "1", "--val-fraction", "0", "--tokenizer-sample-mb", "1", "--no-progress",
+            "--no-language-id", "--no-near-dedup", "--rules", "gopher"]
+    m = prepare(args).manifest
+    assert {r: n for r, n in m["documents"]["rejected"].items() if n} == {"exact_duplicate": 1, "stop_words": 1}
+    assert m["languages"] == {} and set(m["edits"].values()) == {0}
+    assert m["config"]["language"] is None and m["config"]["near_dedup"] is None and m["config"]["c4"] is None
+    with pytest.raises(ValueError, match="--no-language-id"):
+        prepare(args + ["--languages", "en", "--overwrite"])

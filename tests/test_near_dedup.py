@@ -269,8 +269,8 @@ def datatrove_removed(docs: list[Document], tmp_path) -> set[str]:
     from datatrove.utils.word_tokenizers import WordTokenizer
 
     class SplitWords(WordTokenizer):
-        """Whitespace words of the simplified text (datatrove's English tokenizer needs spaCy, not installed
-        here); on the letters-only fixture spaCy splits at the same places."""
+        """Whitespace words of the simplified text, as ours are; on the letters-only fixture datatrove's default
+        English tokenizer (spaCy) splits at the same places, and this keeps the reference free of its loading."""
 
         def word_tokenize(self, text):
             return text.split()

@@ -109,7 +109,9 @@ def test_two_node_job_trains_on_both_ranks(cluster, data_dir, tmp_path):
 @needs_cluster
 def test_time_limit_signal_checkpoints_requeues_and_resumes(cluster, data_dir, tmp_path):
     run = tmp_path / "run"
-    steps = 8
+    # Enough steps that the signal, sent once the first step is logged, arrives before the last one: the tiny
+    # model runs about 8 steps a second here, and a run that ends first exits 0 instead of requeueing.
+    steps = 48
     job = submit(cluster, run, data_dir, f"--set steps={steps} --set checkpoint_every=100 --set eval_every=0")
     metrics = run / "metrics.jsonl"
     deadline = time.monotonic() + 300

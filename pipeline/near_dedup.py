@@ -12,7 +12,8 @@ document_key. Stages, each grouping bounded by the shape of the pipeline:
                 sends on one (band key, smallest rank) per key when the window is full or the bundle ends. A
                 key seen twice in a window is remembered for the rest of the bundle (up to HOT_KEYS keys):
                 its later documents are linked to the rank it sent, and the key is not sent again.
-                The documents go on, packed, keyed by a bucket of their rank.
+                The documents go on, packed, in batches per bucket of their rank (one shuffle element per
+                batch, as exact dedup sends them).
     Buckets     per band key: every rank that arrived is linked to the smallest. At most one per window, and
                 once the key repeats within a window one per bundle, however many documents share it: a
                 boilerplate page repeated a million times adds a few ranks per bundle, not a million. Read in
@@ -45,6 +46,8 @@ from pipeline.progress_dofn import ReportingDoFn
 
 WINDOW_KEYS = 1 << 17  # band keys a Sign instance holds (a 16-byte key and a rank each) before it sends them on
 HOT_KEYS = 1 << 16  # band keys seen twice in a window that a Sign instance remembers within a bundle (then forgets)
+OPEN_BATCHES_BYTES = 16 << 20  # packed documents a Sign instance holds in open batches, over all buckets
+MAX_DOC_BATCH_BYTES, MIN_DOC_BATCH_BYTES = 1 << 20, 16 << 10  # one bucket's batch, as pipeline.tokenizer_stage sizes its
 # Distributions of the bytes of one group's values (as pipeline.counters.GROUP_METRICS names the other steps').
 
 
@@ -59,7 +62,7 @@ def _rank_size(r) -> int:
 
 
 class _SignFn(ReportingDoFn):
-    """(dedup_key, Document) -> (bucket, ("doc", rank, dedup_key, packed)); band keys -> tagged "bands"
+    """(dedup_key, Document) -> (bucket, ("docs", [(rank, dedup_key, packed), ...])) batches; band keys -> tagged "bands"
     (band key, smallest rank of the window); links within a window, or to a hot key's rank -> tagged "edges"
     (rank, smaller rank)."""
 
@@ -68,8 +71,12 @@ class _SignFn(ReportingDoFn):
         super().__init__(progress_dir)
         self.cfg, self.buckets, self.group_of = cfg, buckets, group_of
         self.window_keys, self.hot_keys = window_keys, hot_keys
+        # Documents leave in a batch per bucket (one shuffle element, not one per document), a worker holding
+        # at most OPEN_BATCHES_BYTES of them over all buckets.
+        self.batch_bytes = max(MIN_DOC_BATCH_BYTES, min(MAX_DOC_BATCH_BYTES, OPEN_BATCHES_BYTES // buckets))
 
     def start_bundle(self):
+        self._batches: dict[int, tuple[list, int]] = {}  # bucket -> (documents, their packed bytes)
         self._window: dict[bytes, tuple[str, str]] = {}  # band key -> the smallest rank of the window
         self._seen_twice: set[bytes] = set()  # keys with two documents in the current window
         self._hot: dict[bytes, tuple[str, str]] = {}  # key -> a rank this bundle sent on for it
@@ -98,11 +105,22 @@ class _SignFn(ReportingDoFn):
                     yield beam.pvalue.TaggedOutput("edges", (r, held))
             if len(self._window) >= self.window_keys:
                 yield from self._flush()
-        yield bucket_of_rank(r, self.buckets), ("doc", r, dkey, pack_document(doc))
+        bucket, packed = bucket_of_rank(r, self.buckets), pack_document(doc)
+        items, size = self._batches.get(bucket, ([], 0))
+        items.append((r, dkey, packed))
+        size += document_size(packed)
+        if size >= self.batch_bytes:
+            self._batches.pop(bucket, None)
+            yield bucket, ("docs", items)
+        else:
+            self._batches[bucket] = (items, size)
 
     def finish_bundle(self):
         for out in self._flush():
             yield in_global_window(out)
+        for bucket, (items, _) in sorted(self._batches.items()):
+            yield in_global_window((bucket, ("docs", items)))
+        self._batches = {}
         super().finish_bundle()
 
     def _flush(self):
@@ -139,8 +157,9 @@ class _BucketEdgesFn(beam.DoFn):
 
 
 class _ApplyFn(ReportingDoFn):
-    """(bucket, [("doc", rank, dedup_key, packed) | ("dup", rank, kept rank)]) -> (dedup_key, Document) for the
-    documents that stay; near_duplicate Rejections (tagged "rejected") for the others."""
+    """(bucket, [("docs", [(rank, dedup_key, packed), ...]) | ("dup", rank, kept rank)]) -> (dedup_key, Document)
+    for the documents that stay; near_duplicate Rejections (tagged "rejected") for the others. Two passes over the
+    group, which is never listed: the decisions first, then the documents, one batch at a time."""
 
     def __init__(self, progress_dir: str | None = None):
         super().__init__(progress_dir)
@@ -156,19 +175,20 @@ class _ApplyFn(ReportingDoFn):
                 kept_by[r] = kept[0]
                 size += _rank_size(r) + _rank_size(kept)
             else:
-                size += _rank_size(value[1]) + len(value[2]) + document_size(value[3])
+                size += sum(_rank_size(r) + len(dkey) + document_size(packed) for r, dkey, packed in value[1])
         self.group_bytes.update(size)
-        for value in values:  # pass 2: the documents, one at a time
-            if value[0] != "doc":
+        for value in values:  # pass 2: the documents, one batch at a time
+            if value[0] != "docs":
                 continue
-            doc = unpack_document(value[3])
-            duplicate_of = kept_by.get(tuple(value[1]))
-            if duplicate_of is None:
-                yield value[2], doc
-            else:
-                self._progress.add(DEDUP, rejected=1)
-                yield beam.pvalue.TaggedOutput(
-                    "rejected", documents.rejection_for(doc, NEAR_DUPLICATE, duplicate_of=duplicate_of))
+            for r, dkey, packed in value[1]:
+                doc = unpack_document(packed)
+                duplicate_of = kept_by.get(tuple(r))
+                if duplicate_of is None:
+                    yield dkey, doc
+                else:
+                    self._progress.add(DEDUP, rejected=1)
+                    yield beam.pvalue.TaggedOutput(
+                        "rejected", documents.rejection_for(doc, NEAR_DUPLICATE, duplicate_of=duplicate_of))
 
 
 def _decision(buckets: int):

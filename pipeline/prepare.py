@@ -62,7 +62,7 @@ from pipeline.c4_rules import C4Config
 from pipeline.files import is_remote, list_tree, remove_listed
 from pipeline.filters import FilterConfig
 from pipeline.fineweb_rules import FineWebConfig
-from pipeline.language import LanguageConfig
+from pipeline.language import LanguageConfig, model_info
 from pipeline.minhash import NearDedupConfig
 from pipeline.manifest import MANIFEST_NAME, load_manifest
 from pipeline.progress import ProgressPrinter
@@ -78,7 +78,7 @@ RULE_SETS = ("gopher", "c4", "fineweb")  # --rules; "none" turns every quality r
 DEFAULT_RULES = "gopher,c4,fineweb"  # FineWeb's sets (docs/filters.md)
 NEAR_DEDUP_SCOPES = ("corpus", "input")  # --near-dedup-by
 # Config dataclasses whose fields are flags "--PREFIX-FIELD" (dest PREFIX_FIELD); FilterConfig's have no prefix.
-PREFIXED_CONFIGS = (("c4", C4Config), ("fineweb", FineWebConfig), ("minhash", NearDedupConfig))
+CONFIG_FLAGS = (("", FilterConfig), ("c4", C4Config), ("fineweb", FineWebConfig), ("minhash", NearDedupConfig))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -206,10 +206,7 @@ def _config_from_args(args: argparse.Namespace, cls, prefix: str):
 
 def _config_dests() -> set[str]:
     """The argparse dests of every config-dataclass flag (recorded in the manifest as their configs instead)."""
-    dests = {f.name for f in fields(FilterConfig)}
-    for prefix, cls in PREFIXED_CONFIGS:
-        dests |= {f"{prefix}_{f.name}" for f in fields(cls)}
-    return dests
+    return {f"{prefix}_{f.name}" if prefix else f.name for prefix, cls in CONFIG_FLAGS for f in fields(cls)}
 
 
 @dataclass(frozen=True)
@@ -302,13 +299,14 @@ def rule_sets(value: str) -> tuple[str, ...]:
     return names
 
 
-def resolve_inputs(globs: list[str]) -> dict[str, int]:
-    """{path: size in bytes} of every file matched by the globs (local or gs://), sorted by path, each once; a
-    glob matching nothing is an error."""
+def resolve_inputs(globs: list[str]) -> tuple[dict[str, int], dict[str, str]]:
+    """({path: size in bytes}, {path: its input group}) of every file matched by the globs (local or gs://), sorted
+    by path, each once; a glob matching nothing is an error. A file's group ("input-N") names the first --input
+    glob that matched it, N its position among the --input flags (--near-dedup-by input)."""
     from apache_beam.io.filesystems import FileSystems
 
-    files = {}
-    for pattern in globs:
+    files, groups = {}, {}
+    for i, pattern in enumerate(globs):
         if not is_remote(pattern) and os.path.isdir(pattern):
             raise ValueError(f"--input {pattern} is a directory; pass a glob such as '{pattern.rstrip('/')}/*.jsonl.gz'")
         matched = [m for m in FileSystems.match([pattern])[0].metadata_list
@@ -317,25 +315,9 @@ def resolve_inputs(globs: list[str]) -> dict[str, int]:
             raise FileNotFoundError(f"--input {pattern} matches no file; check the path (quote globs so the shell "
                                     "does not expand them)")
         files.update((m.path, m.size_in_bytes) for m in matched)
-    return dict(sorted(files.items()))
-
-
-def resolve_input_groups(globs: list[str], files: list[str]) -> dict[str, str]:
-    """{input file: its group} for --near-dedup-by input: the first --input glob that matched the file ("input-N",
-    N its position among the --input flags), or "builtin" for the built-in corpus's files."""
-    from apache_beam.io.filesystems import FileSystems
-
-    groups = {}
-    for i, pattern in enumerate(globs):
-        for m in FileSystems.match([pattern])[0].metadata_list:
+        for m in matched:
             groups.setdefault(m.path, f"input-{i}")
-    return {f: groups.get(f, "builtin") for f in files}
-
-
-def language_model_info() -> dict:
-    from pipeline.language import model_info
-
-    return model_info()
+    return dict(sorted(files.items())), groups
 
 
 def check_output(output: str, overwrite: bool) -> None:
@@ -611,7 +593,7 @@ def prepare(argv: list[str] | None = None) -> Outcome:
     options, runner = pipeline_options(beam_args)
     dry_run = is_dry_run(options)
 
-    sizes = resolve_inputs(args.input)
+    sizes, file_groups = resolve_inputs(args.input)
     files = list(sizes)
     given = load_given_tokenizer(args.tokenizer, args.eos_token) if args.tokenizer else None
     hf_rows, hf_bytes = 0, 0
@@ -645,12 +627,12 @@ def prepare(argv: list[str] | None = None) -> Outcome:
     config.update(filters=asdict(stages.gopher) if stages.gopher else None,
                   c4=asdict(stages.c4) if stages.c4 else None,
                   fineweb=asdict(stages.fineweb) if stages.fineweb else None,
-                  language=dict(asdict(stages.language), model=language_model_info()) if stages.language else None,
+                  language=dict(asdict(stages.language), model=model_info()) if stages.language else None,
                   near_dedup=asdict(stages.near_dedup) if stages.near_dedup else None,
                   beam_args=list(beam_args), input_files=len(files))
     input_groups = None
     if stages.near_dedup is not None and args.near_dedup_by == "input":
-        input_groups = resolve_input_groups(args.input, files)
+        input_groups = {f: file_groups.get(f, "builtin") for f in files}  # the built-in corpus: a group of its own
     groups = min_groups(args, options)
     max_group = int(args.max_group_mb * (1 << 20))
     sizes = {f: sizes[f] for f in files}

@@ -249,7 +249,7 @@ class _TokenizeFn(ReportingDoFn):
         for group, (items, _) in sorted(self._batches.items()):
             yield in_global_window((group, pack_token_batch(items)))
         for language, (docs, tokens) in sorted(self._languages.items()):
-            yield beam.pvalue.TaggedOutput(LANGUAGES, in_global_window((language, (docs, tokens))))
+            yield in_global_window(beam.pvalue.TaggedOutput(LANGUAGES, (language, (docs, tokens))))
         self._batches, self._languages = {}, {}
         super().finish_bundle()
 

@@ -5,16 +5,18 @@ on the runner, the number of workers, the bucket count or the order of the input
 ever holds the copies of a text however often it repeats (boilerplate repeated millions of times in a crawl),
 and so that the shuffle moves a few large elements rather than one per document:
 
-    DropCopies  where the documents are (fused into the filter stage): a window of about WINDOW_BYTES of packed
-                documents keeps one document per dedup_key, and every copy with a larger rank is rejected on the
-                spot; a text seen twice is remembered for the rest of the bundle (up to HOT_KEYS texts), so its
-                later copies are rejected on the spot too. What leaves the window is batched per bucket, a hash
-                of the dedup_key into ``buckets`` buckets, chosen from the input size so that a bucket's group
-                stays under the bound (pipeline.prepare). A text crosses the shuffle at most once per bundle
-                once it is hot, and at most once per window before, instead of once per copy.
-    Decide      per bucket: the smallest rank of each dedup_key in the group (first pass), then each document
-                stays if it has that rank, else it is an exact_duplicate (second pass). Holds one dict entry
-                per distinct text of the bucket and one batch of documents at a time.
+    DropCopies  where the documents are (fused into the filter stage): a window of about WINDOW_BYTES of text
+                keeps one document per dedup_key, and every copy with a larger rank is rejected on the spot; a
+                text seen twice is remembered for the rest of the bundle (up to HOT_KEYS texts), so its later
+                copies are rejected on the spot too. What leaves the window is batched per bucket, a hash of the
+                dedup_key into ``buckets`` buckets, chosen from the input size so that a bucket's group stays
+                under the bound (pipeline.prepare), and each batch's texts are compressed together
+                (pipeline.packing.pack_documents). A text crosses the shuffle at most once per bundle once it
+                is hot, and at most once per window before, instead of once per copy.
+    Decide      per bucket: the smallest rank of each dedup_key in the group (first pass, over keys and ranks
+                only), then each document stays if it has that rank, else it is an exact_duplicate (second
+                pass, one batch decompressed at a time). Holds one dict entry per distinct text of the bucket
+                and one batch of documents at a time.
 
 A copy dropped in the window always has a larger rank than a document of the same text that went on, so it
 would have lost in Decide too: the outcome equals one global group per text.
@@ -27,11 +29,11 @@ from apache_beam.metrics import Metrics
 from pipeline import documents
 from pipeline.bundles import in_global_window
 from pipeline.counters import COUNTER_NAMESPACE, EXACT_DUPLICATE, GROUP_METRICS
-from pipeline.packing import document_size, pack_document, unpack_document
+from pipeline.packing import documents_size, pack_documents, unpack_documents
 from pipeline.progress import DEDUP
 from pipeline.progress_dofn import ReportingDoFn
 
-WINDOW_BYTES = 16 << 20  # packed documents a DropCopies instance holds before it sends them on
+WINDOW_BYTES = 16 << 20  # characters of text a DropCopies instance holds before it sends them on
 HOT_KEYS = 1 << 16  # texts seen twice that a DropCopies instance remembers within a bundle (then it forgets all)
 
 
@@ -46,8 +48,8 @@ def bucket_of(dkey: str, buckets: int) -> int:
 
 
 class _DropCopiesFn(ReportingDoFn):
-    """Document -> (bucket, [(dedup_key, rank, packed document), ...]) batches; copies that lose within the
-    window (or to a remembered hot text) -> exact_duplicate Rejections, tagged "rejected"."""
+    """Document -> (bucket, (dedup_keys, ranks, packed documents)) batches; copies that lose within the window
+    (or to a remembered hot text) -> exact_duplicate Rejections, tagged "rejected"."""
 
     def __init__(self, buckets: int, window_bytes: int = WINDOW_BYTES, hot_keys: int = HOT_KEYS,
                  progress_dir: str | None = None):
@@ -55,7 +57,7 @@ class _DropCopiesFn(ReportingDoFn):
         self.buckets, self.window_bytes, self.hot_keys = buckets, window_bytes, hot_keys
 
     def start_bundle(self):
-        self._window: dict[str, tuple[tuple[str, str], tuple]] = {}  # text -> (rank, packed document)
+        self._window: dict[str, tuple[tuple[str, str], documents.Document]] = {}  # text -> (rank, document)
         self._seen_twice: set[str] = set()  # texts with a copy in the current window
         self._hot: dict[str, tuple[str, str]] = {}  # text -> the smallest rank this bundle sent on
         self._bytes = 0
@@ -72,11 +74,10 @@ class _DropCopiesFn(ReportingDoFn):
             if held[0] < r:
                 yield self._reject(doc)
                 return
-            yield self._reject(unpack_document(held[1]))
-            self._bytes -= document_size(held[1])
-        packed = pack_document(doc)
-        self._window[dkey] = (r, packed)
-        self._bytes += document_size(packed)
+            yield self._reject(held[1])
+            self._bytes -= len(held[1].text)
+        self._window[dkey] = (r, doc)
+        self._bytes += len(doc.text)
         if self._bytes >= self.window_bytes:
             yield from self._flush()
 
@@ -91,15 +92,16 @@ class _DropCopiesFn(ReportingDoFn):
 
     def _flush(self):
         batches: dict[int, list] = {}
-        for dkey, (r, packed) in self._window.items():
-            batches.setdefault(bucket_of(dkey, self.buckets), []).append((dkey, r, packed))
+        for dkey, (r, doc) in self._window.items():
+            batches.setdefault(bucket_of(dkey, self.buckets), []).append((dkey, r, doc))
             if dkey in self._seen_twice:
                 self._hot[dkey] = min(r, self._hot.get(dkey, r))
         if len(self._hot) > self.hot_keys:  # forget them all: only a bound on memory, never on correctness
             self._hot = {}
         self._window, self._seen_twice, self._bytes = {}, set(), 0
         for bucket in sorted(batches):
-            yield bucket, batches[bucket]
+            dkeys, ranks, docs = zip(*batches[bucket])
+            yield bucket, (list(dkeys), list(ranks), pack_documents(list(docs)))
 
 
 class _DecideFn(ReportingDoFn):
@@ -115,16 +117,16 @@ class _DecideFn(ReportingDoFn):
         _, batches = element
         best: dict[str, tuple[str, str]] = {}
         size = 0
-        for batch in batches:  # pass 1: ranks only
-            for dkey, r, packed in batch:
+        for dkeys, ranks, packed in batches:  # pass 1: keys and ranks only, nothing decompressed
+            size += documents_size(packed)
+            for dkey, r in zip(dkeys, ranks):
                 r = tuple(r)
-                size += len(dkey) + len(r[0]) + len(r[1]) + document_size(packed)
+                size += len(dkey) + len(r[0]) + len(r[1])
                 if dkey not in best or r < best[dkey]:
                     best[dkey] = r
         self.group_bytes.update(size)
-        for batch in batches:  # pass 2: decide, one batch of documents at a time
-            for dkey, r, packed in batch:
-                doc = unpack_document(packed)
+        for dkeys, ranks, packed in batches:  # pass 2: decide, one batch of documents at a time
+            for dkey, r, doc in zip(dkeys, ranks, unpack_documents(packed)):
                 if best.get(dkey) == tuple(r):
                     del best[dkey]  # an identical second record (same text, key and source) is a duplicate
                     self._progress.add(DEDUP, kept=1)

@@ -1,5 +1,9 @@
 """How documents and tokens cross a shuffle: compressed with zstd (level 1), in one frame per element.
 
+An element is one document (pack_document), a batch of documents (pack_documents) or a batch of token sequences
+(pack_token_batch). A batch's texts share one frame: fewer calls into the compressor and a frame that sees the
+repeats across documents, so it is smaller than a frame per document.
+
 Every kept document crosses the dedup shuffle and every token the write shuffle, so their size is what the
 runner holds (the local runner keeps a grouped stage's input in its memory and hands each worker its share)
 and what a Dataflow shuffle bills. Level 1 because each element is compressed once and decompressed once: a
@@ -36,6 +40,34 @@ def unpack_document(packed: PackedDocument) -> Document:
     doc_id, source, derived_id, url, language, text = packed
     return Document(id=doc_id, text=_zstd().decompressor.decompress(text).decode("utf-8"), source=source,
                     derived_id=derived_id, url=url, language=language)
+
+
+PackedDocuments = tuple[list, list[int], bytes]
+
+
+def pack_documents(docs: list[Document]) -> PackedDocuments:
+    """Documents as they cross a shuffle together: ([(id, source, derived_id, url, language)], the UTF-8 length
+    of each text, one zstd frame of all texts)."""
+    texts = [d.text.encode("utf-8") for d in docs]
+    blob = _zstd().compressor.compress(b"".join(texts))
+    return [(d.id, d.source, d.derived_id, d.url, d.language) for d in docs], list(map(len, texts)), blob
+
+
+def unpack_documents(packed: PackedDocuments) -> list[Document]:
+    metas, lengths, blob = packed
+    data, docs, start = _zstd().decompressor.decompress(blob), [], 0
+    for (doc_id, source, derived_id, url, language), n in zip(metas, lengths):
+        docs.append(Document(id=doc_id, text=data[start:start + n].decode("utf-8"), source=source,
+                             derived_id=derived_id, url=url, language=language))
+        start += n
+    return docs
+
+
+def documents_size(packed: PackedDocuments) -> int:
+    """Bytes of packed documents as they cross a shuffle (their strings, 8 per flag and per length, the
+    compressed texts, without the coder's framing): what the dedup group-size metric adds up."""
+    metas, lengths, blob = packed
+    return sum(len(i) + len(s) + 8 + len(u) + len(lang) for i, s, _, u, lang in metas) + 8 * len(lengths) + len(blob)
 
 
 def pack_token_batch(items: list[tuple[tuple[str, str], bytes]]) -> tuple[list, list[int], bytes]:

@@ -20,7 +20,8 @@ One Apache Beam pipeline; build_pipeline wires these stages, in this order, each
                                                             (pipeline.split: hashes of the document_key)
     pipeline.write            WriteShards                   per part: a key-sorted run file; per shard: k-way merge
                                                             of its runs -> .bin, then .idx (one part: written directly)
-    pipeline.rejected         WriteRejected, CountRejected  each dropping stage's Rejections -> DIR/rejected/
+    pipeline.rejected         WriteRejected                 each dropping stage's Rejections -> DIR/rejected/,
+                                                            and their counts per reason
     pipeline.manifest_stage   WriteManifest                 totals -> DIR/manifest.json (written last)
 
 The tokenizer is trained inside the same pipeline: the sample is a CombineGlobally over the deduplicated
@@ -494,7 +495,7 @@ def build_pipeline(p, args, stages: Stages, sizes: dict[str, int], hf_rows: int,
     from pipeline.manifest_stage import WriteManifest
     from pipeline.near_dedup import NearDedup
     from pipeline.read import ReadFiles, ReadHuggingFace
-    from pipeline.rejected import CountRejected, WriteRejected
+    from pipeline.rejected import WriteRejected
     from pipeline.tokenizer_stage import GivenTokenizer, TokenizeAndAssign, TrainTokenizer
     from pipeline.web_stages import RedactPII, UrlFilter
     from pipeline.write import PlanWrite, WriteShards
@@ -552,8 +553,9 @@ def build_pipeline(p, args, stages: Stages, sizes: dict[str, int], hf_rows: int,
     # the stage and the rejected text never passes through the runner; only file names and counts meet.
     files, counts = [], []
     for stage, rejected in dropping:
-        files.append(rejected | f"WriteRejected-{stage}" >> WriteRejected(out, stage, args.rejected_files))
-        counts.append(rejected | f"CountRejected-{stage}" >> CountRejected())
+        stage_files, stage_counts = rejected | f"WriteRejected-{stage}" >> WriteRejected(out, stage, args.rejected_files)
+        files.append(stage_files)
+        counts.append(stage_counts)
     rejected_files = files | "AllRejectedFiles" >> beam.Flatten()
     reason_counts = counts | "AllReasonCounts" >> beam.Flatten()
     edit_counts = edits | "AllEditCounts" >> beam.Flatten() if edits else p | "NoEdits" >> beam.Create([])

@@ -2,8 +2,8 @@
 
 Every dropped record is kept (its text bounded, see pipeline.documents.MAX_REJECTED_CHARS) with the reason it
 was dropped, one JSON object per line: ``{"id", "source", "reason", "text"}`` and the stage's details
-(``url``, ``duplicate_of``, ``language``, ``language_score``; pipeline.documents.Rejection). WriteRejected writes them,
-CountRejected counts them per reason for the manifest.
+(``url``, ``duplicate_of``, ``language``, ``language_score``; pipeline.documents.Rejection). WriteRejected writes them
+and counts them per reason for the manifest, in one pass.
 """
 from __future__ import annotations
 
@@ -24,14 +24,31 @@ from pipeline.layout import REJECTED_DIR
 REJECTED_GZIP_LEVEL = 1
 
 
+_ENCODE = json.JSONEncoder(ensure_ascii=False).encode
+
+
 def rejected_line(r: Rejection) -> str:
-    """One JSON line of rejected/*.jsonl.gz, always encodable as UTF-8 (odd file names included)."""
-    line = json.dumps(documents.to_rejection_record(r), ensure_ascii=False)
-    return line.encode("utf-8", "backslashreplace").decode("utf-8")
+    """One JSON line of rejected/*.jsonl.gz, as text; it may hold lone surrogates (odd file names), which
+    :func:`encode_lines` writes as backslash escapes."""
+    return _ENCODE(documents.to_rejection_record(r))
+
+
+def encode_lines(lines: list[str]) -> bytes:
+    """Lines -> UTF-8 bytes, one "\n" after each; a lone surrogate becomes a "\\udcff"-style escape, so a
+    record with an odd file name is still written (encoding character by character, the whole block at once
+    gives the same bytes as line by line)."""
+    return ("\n".join(lines) + "\n").encode("utf-8", "backslashreplace")
+
+
+COUNTS = "counts"  # the tagged output of _FormatRejectedFn: (reason, count) per bundle
 
 
 class _FormatRejectedFn(beam.DoFn):
-    """Rejections -> gzip members of about ``block_chars`` characters of JSON lines each, counting each reason.
+    """Rejections -> gzip members of about ``block_chars`` characters of JSON lines each; (reason, count) pairs
+    per bundle, tagged COUNTS.
+
+    Counting here, in the same pass, costs one dict update per record; a separate counting transform would send
+    every rejected record (often most of a web corpus) through two more steps of the runner.
 
     Blocks, not one element per line: a text sink compresses every write it gets, so one write per rejected
     record pays the compressor's per-call cost once per record. Each block is compressed here, as one complete
@@ -48,12 +65,10 @@ class _FormatRejectedFn(beam.DoFn):
 
     def start_bundle(self):
         self._lines, self._chars = [], 0
+        self._bundle_counts: dict[str, int] = {}
 
     def process(self, r: Rejection):
-        counter = self._counters.get(r.reason)
-        if counter is None:
-            counter = self._counters[r.reason] = Metrics.counter(COUNTER_NAMESPACE, f"rejected_{r.reason}")
-        counter.inc()
+        self._bundle_counts[r.reason] = self._bundle_counts.get(r.reason, 0) + 1
         line = rejected_line(r)
         self._lines.append(line)
         self._chars += len(line)
@@ -63,11 +78,18 @@ class _FormatRejectedFn(beam.DoFn):
     def finish_bundle(self):
         if self._lines:
             yield in_global_window(self._block())
+        for reason, n in sorted(self._bundle_counts.items()):
+            counter = self._counters.get(reason)
+            if counter is None:
+                counter = self._counters[reason] = Metrics.counter(COUNTER_NAMESPACE, f"rejected_{reason}")
+            counter.inc(n)
+            yield in_global_window(beam.pvalue.TaggedOutput(COUNTS, (reason, n)))
+        self._bundle_counts = {}
 
     def _block(self) -> bytes:
-        block = "\n".join(self._lines) + "\n"
+        block = encode_lines(self._lines)
         self._lines, self._chars = [], 0
-        return gzip_member(block.encode("utf-8"))
+        return gzip_member(block)
 
 
 def gzip_member(data: bytes) -> bytes:
@@ -76,7 +98,8 @@ def gzip_member(data: bytes) -> bytes:
 
 
 class WriteRejected(beam.PTransform):
-    """Rejections -> DIR/rejected/STAGE-SSSSS-of-NNNNN.jsonl.gz; returns the written file names.
+    """Rejections -> DIR/rejected/STAGE-SSSSS-of-NNNNN.jsonl.gz; returns (the written file names, (reason, count)
+    pairs: one per reason and bundle, summed by the manifest).
 
     One instance per stage that drops records (parse, quality, dedup_early, dedup), applied to that stage's output with
     no Flatten in between, so the runner fuses the formatting and writing into the stage itself: the rejected
@@ -92,9 +115,9 @@ class WriteRejected(beam.PTransform):
         self.output_dir, self.stage, self.num_files = output_dir, stage, num_files
 
     def expand(self, rejected):
-        return (
-            rejected
-            | "CountAndFormat" >> beam.ParDo(_FormatRejectedFn())
+        formatted = rejected | "CountAndFormat" >> beam.ParDo(_FormatRejectedFn()).with_outputs(COUNTS, main="blocks")
+        files = (
+            formatted.blocks
             | "Write" >> beam.io.WriteToText(
                 FileSystems.join(self.output_dir, REJECTED_DIR, self.stage),
                 file_name_suffix=".jsonl.gz",
@@ -106,10 +129,4 @@ class WriteRejected(beam.PTransform):
                 footer=gzip_member(b""),
             )
         )
-
-
-class CountRejected(beam.PTransform):
-    """Rejections -> (reason, count) pairs; combined where the records are (only the counts move)."""
-
-    def expand(self, rejected):
-        return rejected | "Reason" >> beam.Map(lambda r: r.reason) | "PerReason" >> beam.combiners.Count.PerElement()
+        return files, formatted[COUNTS]

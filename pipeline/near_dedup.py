@@ -12,8 +12,8 @@ document_key. Stages, each grouping bounded by the shape of the pipeline:
                 sends on one (band key, smallest rank) per key when the window is full or the bundle ends. A
                 key seen twice in a window is remembered for the rest of the bundle (up to HOT_KEYS keys):
                 its later documents are linked to the rank it sent, and the key is not sent again.
-                The documents go on, packed, in batches per bucket of their rank (one shuffle element per
-                batch, as exact dedup sends them).
+                The documents go on in batches per bucket of their rank, each batch's texts in one zstd frame
+                (one shuffle element per batch, as exact dedup sends them).
     Buckets     per band key: every rank that arrived is linked to the smallest. At most one per window, and
                 once the key repeats within a window one per bundle, however many documents share it: a
                 boilerplate page repeated a million times adds a few ranks per bundle, not a million. Read in
@@ -40,13 +40,13 @@ from pipeline.components import ConnectedComponents
 from pipeline.counters import COUNTER_NAMESPACE, GROUP_METRICS
 from pipeline.dedup import rank
 from pipeline.minhash import NEAR_DUPLICATE, NearDedupConfig, band_keys, signature
-from pipeline.packing import document_size, pack_document, unpack_document
+from pipeline.packing import documents_size, pack_documents, unpack_documents
 from pipeline.progress import DEDUP
 from pipeline.progress_dofn import ReportingDoFn
 
 WINDOW_KEYS = 1 << 17  # band keys a Sign instance holds (a 16-byte key and a rank each) before it sends them on
 HOT_KEYS = 1 << 16  # band keys seen twice in a window that a Sign instance remembers within a bundle (then forgets)
-OPEN_BATCHES_BYTES = 16 << 20  # packed documents a Sign instance holds in open batches, over all buckets
+OPEN_BATCHES_BYTES = 16 << 20  # characters of text a Sign instance holds in open batches, over all buckets
 MAX_DOC_BATCH_BYTES, MIN_DOC_BATCH_BYTES = 1 << 20, 16 << 10  # one bucket's batch, as pipeline.tokenizer_stage sizes its
 # Distributions of the bytes of one group's values (as pipeline.counters.GROUP_METRICS names the other steps').
 
@@ -62,7 +62,7 @@ def _rank_size(r) -> int:
 
 
 class _SignFn(ReportingDoFn):
-    """(dedup_key, Document) -> (bucket, ("docs", [(rank, dedup_key, packed), ...])) batches; band keys -> tagged "bands"
+    """(dedup_key, Document) -> (bucket, ("docs", ranks, dedup_keys, packed documents)) batches; band keys -> tagged "bands"
     (band key, smallest rank of the window); links within a window, or to a hot key's rank -> tagged "edges"
     (rank, smaller rank)."""
 
@@ -76,7 +76,7 @@ class _SignFn(ReportingDoFn):
         self.batch_bytes = max(MIN_DOC_BATCH_BYTES, min(MAX_DOC_BATCH_BYTES, OPEN_BATCHES_BYTES // buckets))
 
     def start_bundle(self):
-        self._batches: dict[int, tuple[list, int]] = {}  # bucket -> (documents, their packed bytes)
+        self._batches: dict[int, tuple[list, int]] = {}  # bucket -> ([(rank, dedup_key, document)], characters)
         self._window: dict[bytes, tuple[str, str]] = {}  # band key -> the smallest rank of the window
         self._seen_twice: set[bytes] = set()  # keys with two documents in the current window
         self._hot: dict[bytes, tuple[str, str]] = {}  # key -> a rank this bundle sent on for it
@@ -105,13 +105,13 @@ class _SignFn(ReportingDoFn):
                     yield beam.pvalue.TaggedOutput("edges", (r, held))
             if len(self._window) >= self.window_keys:
                 yield from self._flush()
-        bucket, packed = bucket_of_rank(r, self.buckets), pack_document(doc)
+        bucket = bucket_of_rank(r, self.buckets)
         items, size = self._batches.get(bucket, ([], 0))
-        items.append((r, dkey, packed))
-        size += document_size(packed)
+        items.append((r, dkey, doc))
+        size += len(doc.text)
         if size >= self.batch_bytes:
             self._batches.pop(bucket, None)
-            yield bucket, ("docs", items)
+            yield bucket, _docs_batch(items)
         else:
             self._batches[bucket] = (items, size)
 
@@ -119,7 +119,7 @@ class _SignFn(ReportingDoFn):
         for out in self._flush():
             yield in_global_window(out)
         for bucket, (items, _) in sorted(self._batches.items()):
-            yield in_global_window((bucket, ("docs", items)))
+            yield in_global_window((bucket, _docs_batch(items)))
         self._batches = {}
         super().finish_bundle()
 
@@ -132,6 +132,12 @@ class _SignFn(ReportingDoFn):
             self._hot = {}
         for key in sorted(window):
             yield beam.pvalue.TaggedOutput("bands", (key, window[key]))
+
+
+def _docs_batch(items: list) -> tuple:
+    """[(rank, dedup_key, Document)] -> ("docs", ranks, dedup_keys, the documents packed together)."""
+    ranks, dkeys, docs = zip(*items)
+    return "docs", list(ranks), list(dkeys), pack_documents(list(docs))
 
 
 class _BucketEdgesFn(beam.DoFn):
@@ -157,7 +163,7 @@ class _BucketEdgesFn(beam.DoFn):
 
 
 class _ApplyFn(ReportingDoFn):
-    """(bucket, [("docs", [(rank, dedup_key, packed), ...]) | ("dup", rank, kept rank)]) -> (dedup_key, Document)
+    """(bucket, [("docs", ranks, dedup_keys, packed documents) | ("dup", rank, kept rank)]) -> (dedup_key, Document)
     for the documents that stay; near_duplicate Rejections (tagged "rejected") for the others. Two passes over the
     group, which is never listed: the decisions first, then the documents, one batch at a time."""
 
@@ -175,13 +181,14 @@ class _ApplyFn(ReportingDoFn):
                 kept_by[r] = kept[0]
                 size += _rank_size(r) + _rank_size(kept)
             else:
-                size += sum(_rank_size(r) + len(dkey) + document_size(packed) for r, dkey, packed in value[1])
+                _, ranks, dkeys, packed = value
+                size += documents_size(packed) + sum(_rank_size(r) + len(dkey) for r, dkey in zip(ranks, dkeys))
         self.group_bytes.update(size)
         for value in values:  # pass 2: the documents, one batch at a time
             if value[0] != "docs":
                 continue
-            for r, dkey, packed in value[1]:
-                doc = unpack_document(packed)
+            _, ranks, dkeys, packed = value
+            for r, dkey, doc in zip(ranks, dkeys, unpack_documents(packed)):
                 duplicate_of = kept_by.get(tuple(r))
                 if duplicate_of is None:
                     yield dkey, doc

@@ -1,14 +1,14 @@
-"""How documents and tokens cross a shuffle: compressed with zstd (level 1), in one frame per element.
+"""How documents and tokens cross a shuffle: in batches, compressed with zstd (level 1), one frame per batch.
 
-An element is one document (pack_document), a batch of documents (pack_documents) or a batch of token sequences
-(pack_token_batch). A batch's texts share one frame: fewer calls into the compressor and a frame that sees the
-repeats across documents, so it is smaller than a frame per document.
+An element is a batch of documents (pack_documents) or of token sequences (pack_token_batch). A batch's texts
+share one frame: fewer calls into the compressor than a frame per document, and a frame that sees the repeats
+across documents, so it is smaller too.
 
 Every kept document crosses the dedup shuffle and every token the write shuffle, so their size is what the
 runner holds (the local runner keeps a grouped stage's input in its memory and hands each worker its share)
 and what a Dataflow shuffle bills. Level 1 because each element is compressed once and decompressed once: a
 higher level costs more CPU than the bytes it saves. Token ids compress much better in one frame per batch
-of documents than one per document (the frame gets to see the repeats).
+of documents than one per document, for the same reason.
 """
 from __future__ import annotations
 
@@ -25,21 +25,6 @@ def _zstd():
     if not hasattr(_ZSTD, "compressor"):
         _ZSTD.compressor, _ZSTD.decompressor = zstandard.ZstdCompressor(level=1), zstandard.ZstdDecompressor()
     return _ZSTD
-
-
-PackedDocument = tuple[str, str, bool, str, str, bytes]
-
-
-def pack_document(doc: Document) -> PackedDocument:
-    """A Document as it crosses a shuffle: (id, source, derived_id, url, language, zstd frame of its UTF-8 text)."""
-    return (doc.id, doc.source, doc.derived_id, doc.url, doc.language,
-            _zstd().compressor.compress(doc.text.encode("utf-8")))
-
-
-def unpack_document(packed: PackedDocument) -> Document:
-    doc_id, source, derived_id, url, language, text = packed
-    return Document(id=doc_id, text=_zstd().decompressor.decompress(text).decode("utf-8"), source=source,
-                    derived_id=derived_id, url=url, language=language)
 
 
 PackedDocuments = tuple[list, list[int], bytes]
@@ -76,13 +61,6 @@ def pack_token_batch(items: list[tuple[tuple[str, str], bytes]]) -> tuple[list, 
     tokens), and all tokens in one zstd frame."""
     blob = _zstd().compressor.compress(b"".join(b for _, b in items))
     return [k for k, _ in items], [len(b) for _, b in items], blob
-
-
-def document_size(packed: PackedDocument) -> int:
-    """Bytes of a packed document as it crosses a shuffle (its strings and compressed text, a flag counted as 8,
-    without the coder's framing): what the dedup group-size metric adds up."""
-    doc_id, source, _, url, language, text = packed
-    return len(doc_id) + len(source) + 8 + len(url) + len(language) + len(text)
 
 
 def token_batch_size(packed: tuple[list, list[int], bytes]) -> int:

@@ -31,7 +31,7 @@ from pipeline.filter_stage import ParseRecords, QualityFilter, _ParseFn, _Qualit
 from pipeline.filters import FilterConfig  # noqa: E402
 from pipeline.layout import RUNS_DIR, shard_path  # noqa: E402
 from pipeline.manifest_stage import build_manifest  # noqa: E402
-from pipeline.packing import pack_document, pack_token_batch, unpack_document, unpack_token_batch  # noqa: E402
+from pipeline.packing import pack_documents, pack_token_batch, unpack_documents, unpack_token_batch  # noqa: E402
 from pipeline.read import JSON_LINE, READ_ERROR, TEXT_FILE, VALUE, ReadFiles, input_format, iter_lines  # noqa: E402
 from pipeline.rejected import WriteRejected, _FormatRejectedFn, encode_lines, rejected_line  # noqa: E402
 from pipeline.shards import ShardReader  # noqa: E402
@@ -155,9 +155,10 @@ def test_packed_documents_round_trip_smaller():
     docs = [Document(id="a", text="Ünïcode text, tabs\tand\nnew lines. " * 40, source="f.jsonl:1"),
             Document(id="f.txt", text="x", source="f.txt", derived_id=True),
             Document(id="w", text="y", source="c.warc.wet.gz", url="https://a.example/", language="en")]
-    packed = [pack_document(d) for d in docs]
-    assert [unpack_document(p) for p in packed] == docs
-    assert len(packed[0][-1]) < len(docs[0].text.encode("utf-8")) / 4  # repetitive text: zstd shrinks it
+    packed = pack_documents(docs)
+    assert unpack_documents(packed) == docs
+    assert len(packed[-1]) < len(docs[0].text.encode("utf-8")) / 4  # repetitive text: zstd shrinks it
+    assert unpack_documents(pack_documents([])) == []
 
 
 def test_packed_token_batches_round_trip():

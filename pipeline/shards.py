@@ -118,7 +118,9 @@ class ShardWriter:
         ids = np.asarray(tokens)
         if ids.ndim != 1:
             raise ValueError(f"a sequence must be 1-D token ids, got shape {ids.shape}")
-        if ids.size and (int(ids.min()) < self._min or int(ids.max()) > self._max):
+        # Ids already in the shard dtype fit it by construction (the write stage hands over its token bytes); only
+        # wider ones are checked.
+        if ids.size and ids.dtype != self.dtype and (int(ids.min()) < self._min or int(ids.max()) > self._max):
             raise ValueError(
                 f"token ids span [{int(ids.min())}, {int(ids.max())}] which does not fit {self.dtype}; "
                 "the vocabulary is larger than the shard dtype allows (see dtype_for_vocab)"

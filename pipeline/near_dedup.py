@@ -40,14 +40,12 @@ from pipeline.components import ConnectedComponents
 from pipeline.counters import COUNTER_NAMESPACE, GROUP_METRICS
 from pipeline.dedup import rank
 from pipeline.minhash import NEAR_DUPLICATE, NearDedupConfig, band_keys, signature
-from pipeline.packing import documents_size, pack_documents, unpack_documents
+from pipeline.packing import batch_limit, documents_size, pack_documents, unpack_documents
 from pipeline.progress import DEDUP
 from pipeline.progress_dofn import ReportingDoFn
 
 WINDOW_KEYS = 1 << 17  # band keys a Sign instance holds (a 16-byte key and a rank each) before it sends them on
 HOT_KEYS = 1 << 16  # band keys seen twice in a window that a Sign instance remembers within a bundle (then forgets)
-OPEN_BATCHES_BYTES = 16 << 20  # characters of text a Sign instance holds in open batches, over all buckets
-MAX_DOC_BATCH_BYTES, MIN_DOC_BATCH_BYTES = 1 << 20, 16 << 10  # one bucket's batch, as pipeline.tokenizer_stage sizes its
 # Distributions of the bytes of one group's values (as pipeline.counters.GROUP_METRICS names the other steps').
 
 
@@ -62,18 +60,18 @@ def _rank_size(r) -> int:
 
 
 class _SignFn(ReportingDoFn):
-    """(dedup_key, Document) -> (bucket, ("docs", ranks, dedup_keys, packed documents)) batches; band keys -> tagged "bands"
-    (band key, smallest rank of the window); links within a window, or to a hot key's rank -> tagged "edges"
-    (rank, smaller rank)."""
+    """(dedup_key, Document) -> (bucket, ("docs", ranks, dedup_keys, packed documents)) batches; band keys ->
+    tagged "bands" (band key, smallest rank of the window); links within a window, or to a hot key's rank ->
+    tagged "edges" (rank, smaller rank)."""
 
     def __init__(self, cfg: NearDedupConfig, buckets: int, group_of: Callable | None, window_keys: int,
                  hot_keys: int = HOT_KEYS, progress_dir: str | None = None):
         super().__init__(progress_dir)
         self.cfg, self.buckets, self.group_of = cfg, buckets, group_of
         self.window_keys, self.hot_keys = window_keys, hot_keys
-        # Documents leave in a batch per bucket (one shuffle element, not one per document), a worker holding
-        # at most OPEN_BATCHES_BYTES of them over all buckets.
-        self.batch_bytes = max(MIN_DOC_BATCH_BYTES, min(MAX_DOC_BATCH_BYTES, OPEN_BATCHES_BYTES // buckets))
+        # Documents leave in a batch per bucket (one shuffle element, not one per document) of about this many
+        # characters of text, a worker holding at most pipeline.packing.OPEN_BATCHES_BYTES of them over all buckets.
+        self.batch_bytes = batch_limit(buckets)
 
     def start_bundle(self):
         self._batches: dict[int, tuple[list, int]] = {}  # bucket -> ([(rank, dedup_key, document)], characters)

@@ -27,6 +27,18 @@ def _zstd():
     return _ZSTD
 
 
+# Bytes (token bytes, or characters of text) a worker may hold in open batches, over all the groups it batches
+# for: with many groups each batch is smaller (down to MIN_BATCH_BYTES), so a worker's memory does not grow with
+# the number of groups.
+OPEN_BATCHES_BYTES = 16 << 20
+MAX_BATCH_BYTES, MIN_BATCH_BYTES = 1 << 20, 16 << 10
+
+
+def batch_limit(groups: int) -> int:
+    """Size of one group's batch when ``groups`` groups have a batch open at once."""
+    return max(MIN_BATCH_BYTES, min(MAX_BATCH_BYTES, OPEN_BATCHES_BYTES // max(groups, 1)))
+
+
 PackedDocuments = tuple[list, list[int], bytes]
 
 

@@ -25,7 +25,7 @@ from pipeline import documents
 from pipeline.bundles import in_global_window
 from pipeline.counters import COUNTER_NAMESPACE
 from pipeline.layout import REJECTED_DIR
-from pipeline.packing import pack_token_batch
+from pipeline.packing import batch_limit, pack_token_batch
 from pipeline.progress import TOKENIZE
 from pipeline.progress_dofn import ReportingDoFn
 from pipeline.shards import dtype_for_vocab
@@ -174,26 +174,15 @@ class GivenTokenizer(beam.PTransform):
         return pbegin | "Model" >> beam.Create([self.info]) | "Copy" >> beam.ParDo(_CopyTokenizerFn(self.output_dir))
 
 
-# Token bytes a tokenizing worker may hold in open batches, over all write groups: with many groups each batch
-# is smaller (down to MIN_TOKEN_BATCH_BYTES), so a worker's memory does not grow with the number of groups.
-OPEN_BATCHES_BYTES = 16 << 20
-MAX_TOKEN_BATCH_BYTES, MIN_TOKEN_BATCH_BYTES = 1 << 20, 16 << 10
-
-
-def token_batch_bytes(groups: int) -> int:
-    """Size of one write group's batch of token bytes when ``groups`` groups (train + val) are open at once."""
-    return max(MIN_TOKEN_BATCH_BYTES, min(MAX_TOKEN_BATCH_BYTES, OPEN_BATCHES_BYTES // max(groups, 1)))
-
-
 class _TokenizeFn(ReportingDoFn):
     """(dedup_key, Document) -> ((split, shard, part), packed batch of ((document_key, dedup_key), token bytes)).
 
     Tokens travel as raw bytes in the shard dtype (uint16 for vocabularies < 65500): half the size of the
     UTF-8 text for typical English, and exactly what ShardWriter writes. Documents leave in batches per write
-    group of about ``batch_bytes`` token bytes (default: token_batch_bytes of the number of groups), compressed
-    (pack_token_batch): the write grouping then handles one element per batch instead of one per document and
-    fewer bytes, and a worker holds at most one open batch per group. The part of a document is a hash of its
-    key into the write plan's parts per shard (pipeline.write.PlanWrite).
+    group of about ``batch_bytes`` token bytes (default: pipeline.packing.batch_limit of the number of groups),
+    compressed (pack_token_batch): the write grouping then handles one element per batch instead of one per
+    document and fewer bytes, and a worker holds at most one open batch per group. The part of a document is a
+    hash of its key into the write plan's parts per shard (pipeline.write.PlanWrite).
     """
 
     def __init__(self, val_fraction: float, train_shards: int, val_shards: int, batch_bytes: int | None,
@@ -225,7 +214,7 @@ class _TokenizeFn(ReportingDoFn):
         split, shard = assign_shard(key, self.val_fraction, self.train_shards, self.val_shards)
         parts = plan["parts"]
         group = (split, shard, assign_part(key, parts[split]))
-        batch_bytes = self.batch_bytes or token_batch_bytes(
+        batch_bytes = self.batch_bytes or batch_limit(
             self.train_shards * parts["train"] + self.val_shards * parts["val"])
         ids = tok.encode_document(doc.text)
         self.kept.inc()
@@ -261,7 +250,7 @@ class TokenizeAndAssign(beam.PTransform):
     """(dedup_key, Document) -> (batches of token bytes keyed by write group (split, shard, part), and
     (language, (documents, tokens)) per bundle for documents whose language is known); the tokenizer info and the
     write plan (pipeline.write.PlanWrite) are singleton side inputs. ``batch_bytes`` defaults to
-    token_batch_bytes of the number of write groups."""
+    pipeline.packing.batch_limit of the number of write groups."""
 
     def __init__(self, tokenizer, plan, val_fraction: float, train_shards: int, val_shards: int,
                  batch_bytes: int | None = None, progress_dir: str | None = None):

@@ -31,13 +31,14 @@ from pipeline.filter_stage import ParseRecords, QualityFilter, _ParseFn, _Qualit
 from pipeline.filters import FilterConfig  # noqa: E402
 from pipeline.layout import RUNS_DIR, shard_path  # noqa: E402
 from pipeline.manifest_stage import build_manifest  # noqa: E402
-from pipeline.packing import pack_documents, pack_token_batch, unpack_documents, unpack_token_batch  # noqa: E402
+from pipeline.packing import (batch_limit, pack_documents, pack_token_batch, unpack_documents,  # noqa: E402
+                              unpack_token_batch)
 from pipeline.read import JSON_LINE, READ_ERROR, TEXT_FILE, VALUE, ReadFiles, input_format, iter_lines  # noqa: E402
 from pipeline.rejected import WriteRejected, _FormatRejectedFn, encode_lines, rejected_line  # noqa: E402
 from pipeline.shards import ShardReader  # noqa: E402
 from pipeline.split import assign_part, assign_shard, hash_unit  # noqa: E402
 from pipeline.tokenizer import Tokenizer, train_tokenizer_bytes  # noqa: E402
-from pipeline.tokenizer_stage import BottomKByHashFn, TokenizeAndAssign, token_batch_bytes, tokenizer_info  # noqa: E402
+from pipeline.tokenizer_stage import BottomKByHashFn, TokenizeAndAssign, tokenizer_info  # noqa: E402
 from pipeline.write import WriteShards, in_key_order, remove_runs  # noqa: E402
 
 # ------------------------------------------------------------------------------------------------------
@@ -407,9 +408,9 @@ def test_tokenize_and_write_shards(tmp_path, make_text, beam_pipeline, batch_byt
 
 def test_open_token_batches_share_one_budget():
     """A tokenizing worker holds one open batch per write group: their sizes share OPEN_BATCHES_BYTES (16 MB)."""
-    assert token_batch_bytes(9) == 1 << 20  # the defaults (8 train + 1 val, 1 part each): 1 MB batches, 9 MB open
-    assert token_batch_bytes(65) == (16 << 20) // 65 and 65 * token_batch_bytes(65) <= 16 << 20
-    assert token_batch_bytes(100_000) == 16 << 10  # the floor keeps batches worth compressing
+    assert batch_limit(9) == 1 << 20  # the defaults (8 train + 1 val, 1 part each): 1 MB batches, 9 MB open
+    assert batch_limit(65) == (16 << 20) // 65 and 65 * batch_limit(65) <= 16 << 20
+    assert batch_limit(100_000) == 16 << 10  # the floor keeps batches worth compressing
 
 
 def test_rejected_records_are_formatted_in_blocks_of_whole_lines(beam_pipeline):

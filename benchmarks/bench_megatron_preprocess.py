@@ -89,10 +89,10 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from benchmarks.bench_prepare import TOKENIZER_SAMPLE_CHARS, VOCAB_SIZE, builtin_files, run_measured  # noqa: E402
+from benchmarks.bench_prepare import VOCAB_SIZE, builtin_files, ensure_tokenizer, run_measured  # noqa: E402
 from pipeline import documents  # noqa: E402
 from pipeline.filters import BATCH_CHARS, FilterConfig, iter_reject_reasons  # noqa: E402
-from pipeline.tokenizer import ENCODE_CHUNK_CHARS, Tokenizer, train_tokenizer  # noqa: E402
+from pipeline.tokenizer import ENCODE_CHUNK_CHARS, Tokenizer  # noqa: E402
 
 WORKERS = 2
 # Megatron's builder names its output PREFIX_<json key>_document.{bin,idx}.
@@ -235,15 +235,8 @@ def tokenizer_model(work: str, corpus: str, given: str | None) -> str:
             raise FileNotFoundError(f"--tokenizer {given}: no such file; give a SentencePiece .model or leave it out")
         return os.path.abspath(given)
     path = os.path.join(work, f"megatron-tokenizer-{VOCAB_SIZE}.model")
-    if not os.path.exists(path):
-        sample, chars = [], 0
-        with open(corpus, encoding="utf-8") as f:
-            for line in f:
-                if chars >= TOKENIZER_SAMPLE_CHARS:
-                    break
-                sample.append(json.loads(line)["text"])
-                chars += len(sample[-1])
-        train_tokenizer(sample, path, VOCAB_SIZE)
+    with open(corpus, encoding="utf-8") as f:
+        ensure_tokenizer(path, (json.loads(line)["text"] for line in f))
     return path
 
 

@@ -41,6 +41,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 
 import psutil
 
@@ -115,6 +116,21 @@ def read_texts(files: list[str]) -> list[str]:
         with gzip.open(path, "rt", encoding="utf-8") as f:
             texts += [json.loads(line)["text"] for line in f]
     return texts
+
+
+def ensure_tokenizer(model_path: str, texts: Iterable[str]) -> None:
+    """Train the benchmarks' SentencePiece model (VOCAB_SIZE) on the first TOKENIZER_SAMPLE_CHARS characters of
+    ``texts`` unless ``model_path`` exists (every run in WORK uses the same model); ``texts`` may be lazy: only
+    the sample is read."""
+    if os.path.exists(model_path):
+        return
+    sample, chars = [], 0
+    for t in texts:
+        if chars >= TOKENIZER_SAMPLE_CHARS:
+            break
+        sample.append(t)
+        chars += len(t)
+    train_tokenizer(sample, model_path, VOCAB_SIZE)
 
 
 def _encode_all(args) -> int:
@@ -256,14 +272,7 @@ def main(argv=None) -> None:
         files = corpus_files(args.work, size, args.file_mb)
         texts = read_texts(files)
         mb = sum(len(t.encode("utf-8")) for t in texts) / 1e6
-        if not os.path.exists(model_path):
-            sample, chars = [], 0
-            for t in texts:
-                if chars >= TOKENIZER_SAMPLE_CHARS:
-                    break
-                sample.append(t)
-                chars += len(t)
-            train_tokenizer(sample, model_path, VOCAB_SIZE)
+        ensure_tokenizer(model_path, texts)
         glob_ = os.path.join(os.path.dirname(files[0]), "*.jsonl.gz")
         reps = []
         for rep in range(args.repeats if size in full else 1):

@@ -31,9 +31,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.bench_prepare import (TOKENIZER_SAMPLE_CHARS, VOCAB_SIZE, corpus_files, read_texts,  # noqa: E402
-                                      run_measured)
-from pipeline.tokenizer import train_tokenizer  # noqa: E402
+from benchmarks.bench_prepare import corpus_files, ensure_tokenizer, read_texts, run_measured  # noqa: E402
 
 BUNDLE_LOGGER = "apache_beam.runners.portability.fn_api_runner.fn_runner.run_bundle"
 MARK = "PHASE-BUNDLE"
@@ -95,14 +93,7 @@ def main(argv=None) -> None:
 
     files = corpus_files(args.work, args.size_mb)
     model_path = os.path.join(args.work, "tokenizer.model")
-    if not os.path.exists(model_path):  # as bench_prepare trains it
-        sample, chars = [], 0
-        for text in read_texts(files):
-            if chars >= TOKENIZER_SAMPLE_CHARS:
-                break
-            sample.append(text)
-            chars += len(text)
-        train_tokenizer(sample, model_path, VOCAB_SIZE)
+    ensure_tokenizer(model_path, (text for path in files for text in read_texts([path])))
     out = os.path.join(args.work, f"out-phases-{args.size_mb}")
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     cmd = [sys.executable, "-c", CHILD, "--input", os.path.join(os.path.dirname(files[0]), "*.jsonl.gz"),

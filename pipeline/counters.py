@@ -6,7 +6,7 @@ The manifest lists every reason in REASONS and every edit in EDITS, with 0 for t
 two runs' counts line up.
 
 Distributions (same namespace), one per grouping step, of the bytes of the values under one key
-(pipeline.packing.documents_size, token_batch_size), so that a run reports its largest group: GROUP_METRICS.
+(pipeline.packing.packed_size), so that a run reports its largest group: GROUP_METRICS.
 """
 from __future__ import annotations
 

@@ -10,8 +10,8 @@ and so that the shuffle moves a few large elements rather than one per document:
                 text seen twice is remembered for the rest of the bundle (up to HOT_KEYS texts), so its later
                 copies are rejected on the spot too. What leaves the window is batched per bucket, a hash of the
                 dedup_key into ``buckets`` buckets, chosen from the input size so that a bucket's group stays
-                under the bound (pipeline.prepare), and each batch's texts are compressed together
-                (pipeline.packing.pack_documents). A text crosses the shuffle at most once per bundle once it
+                under the bound (pipeline.prepare), and each batch is compressed together, its keys and ranks
+                apart from its texts (pipeline.packing.pack_documents). A text crosses the shuffle at most once per bundle once it
                 is hot, and at most once per window before, instead of once per copy.
     Decide      per bucket: the smallest rank of each dedup_key in the group (first pass, over keys and ranks
                 only), then each document stays if it has that rank, else it is an exact_duplicate (second
@@ -29,7 +29,7 @@ from apache_beam.metrics import Metrics
 from pipeline import documents
 from pipeline.bundles import in_global_window
 from pipeline.counters import COUNTER_NAMESPACE, EXACT_DUPLICATE, GROUP_METRICS
-from pipeline.packing import documents_size, pack_documents, unpack_documents
+from pipeline.packing import document_keys, pack_documents, packed_size, unpack_documents
 from pipeline.progress import DEDUP
 from pipeline.progress_dofn import ReportingDoFn
 
@@ -48,8 +48,8 @@ def bucket_of(dkey: str, buckets: int) -> int:
 
 
 class _DropCopiesFn(ReportingDoFn):
-    """Document -> (bucket, (dedup_keys, ranks, packed documents)) batches; copies that lose within the window
-    (or to a remembered hot text) -> exact_duplicate Rejections, tagged "rejected"."""
+    """Document -> (bucket, documents packed with their (dedup_key, rank)) batches; copies that lose within the
+    window (or to a remembered hot text) -> exact_duplicate Rejections, tagged "rejected"."""
 
     def __init__(self, buckets: int, window_bytes: int = WINDOW_BYTES, hot_keys: int = HOT_KEYS,
                  progress_dir: str | None = None):
@@ -100,8 +100,8 @@ class _DropCopiesFn(ReportingDoFn):
             self._hot = {}
         self._window, self._seen_twice, self._bytes = {}, set(), 0
         for bucket in sorted(batches):
-            dkeys, ranks, docs = zip(*batches[bucket])
-            yield bucket, (list(dkeys), list(ranks), pack_documents(list(docs)))
+            batch = batches[bucket]
+            yield bucket, pack_documents([(dkey, r) for dkey, r, _ in batch], [doc for _, _, doc in batch])
 
 
 class _DecideFn(ReportingDoFn):
@@ -117,17 +117,15 @@ class _DecideFn(ReportingDoFn):
         _, batches = element
         best: dict[str, tuple[str, str]] = {}
         size = 0
-        for dkeys, ranks, packed in batches:  # pass 1: keys and ranks only, nothing decompressed
-            size += documents_size(packed)
-            for dkey, r in zip(dkeys, ranks):
-                r = tuple(r)
-                size += len(dkey) + len(r[0]) + len(r[1])
+        for packed in batches:  # pass 1: keys and ranks only, no text decompressed
+            size += packed_size(packed)
+            for dkey, r in document_keys(packed):
                 if dkey not in best or r < best[dkey]:
                     best[dkey] = r
         self.group_bytes.update(size)
-        for dkeys, ranks, packed in batches:  # pass 2: decide, one batch of documents at a time
-            for dkey, r, doc in zip(dkeys, ranks, unpack_documents(packed)):
-                if best.get(dkey) == tuple(r):
+        for packed in batches:  # pass 2: decide, one batch of documents at a time
+            for (dkey, r), doc in unpack_documents(packed):
+                if best.get(dkey) == r:
                     del best[dkey]  # an identical second record (same text, key and source) is a duplicate
                     self._progress.add(DEDUP, kept=1)
                     yield dkey, doc

@@ -12,8 +12,8 @@ document_key. Stages, each grouping bounded by the shape of the pipeline:
                 sends on one (band key, smallest rank) per key when the window is full or the bundle ends. A
                 key seen twice in a window is remembered for the rest of the bundle (up to HOT_KEYS keys):
                 its later documents are linked to the rank it sent, and the key is not sent again.
-                The documents go on in batches per bucket of their rank, each batch's texts in one zstd frame
-                (one shuffle element per batch, as exact dedup sends them).
+                The documents go on in batches per bucket of their rank, each packed as exact dedup packs
+                them (one shuffle element per batch; pipeline.packing.pack_documents).
     Buckets     per band key: every rank that arrived is linked to the smallest. At most one per window, and
                 once the key repeats within a window one per bundle, however many documents share it: a
                 boilerplate page repeated a million times adds a few ranks per bundle, not a million. Read in
@@ -40,7 +40,7 @@ from pipeline.components import ConnectedComponents
 from pipeline.counters import COUNTER_NAMESPACE, GROUP_METRICS
 from pipeline.dedup import rank
 from pipeline.minhash import NEAR_DUPLICATE, NearDedupConfig, band_keys, signature
-from pipeline.packing import batch_limit, documents_size, pack_documents, unpack_documents
+from pipeline.packing import batch_limit, pack_documents, packed_size, unpack_documents
 from pipeline.progress import DEDUP
 from pipeline.progress_dofn import ReportingDoFn
 
@@ -60,7 +60,7 @@ def _rank_size(r) -> int:
 
 
 class _SignFn(ReportingDoFn):
-    """(dedup_key, Document) -> (bucket, ("docs", ranks, dedup_keys, packed documents)) batches; band keys ->
+    """(dedup_key, Document) -> (bucket, ("docs", documents packed with their (rank, dedup_key))); band keys ->
     tagged "bands" (band key, smallest rank of the window); links within a window, or to a hot key's rank ->
     tagged "edges" (rank, smaller rank)."""
 
@@ -133,9 +133,8 @@ class _SignFn(ReportingDoFn):
 
 
 def _docs_batch(items: list) -> tuple:
-    """[(rank, dedup_key, Document)] -> ("docs", ranks, dedup_keys, the documents packed together)."""
-    ranks, dkeys, docs = zip(*items)
-    return "docs", list(ranks), list(dkeys), pack_documents(list(docs))
+    """[(rank, dedup_key, Document)] -> ("docs", the documents packed with their (rank, dedup_key))."""
+    return "docs", pack_documents([(r, dkey) for r, dkey, _ in items], [doc for _, _, doc in items])
 
 
 class _BucketEdgesFn(beam.DoFn):
@@ -161,7 +160,7 @@ class _BucketEdgesFn(beam.DoFn):
 
 
 class _ApplyFn(ReportingDoFn):
-    """(bucket, [("docs", ranks, dedup_keys, packed documents) | ("dup", rank, kept rank)]) -> (dedup_key, Document)
+    """(bucket, [("docs", packed documents) | ("dup", rank, kept rank)]) -> (dedup_key, Document)
     for the documents that stay; near_duplicate Rejections (tagged "rejected") for the others. Two passes over the
     group, which is never listed: the decisions first, then the documents, one batch at a time."""
 
@@ -179,15 +178,13 @@ class _ApplyFn(ReportingDoFn):
                 kept_by[r] = kept[0]
                 size += _rank_size(r) + _rank_size(kept)
             else:
-                _, ranks, dkeys, packed = value
-                size += documents_size(packed) + sum(_rank_size(r) + len(dkey) for r, dkey in zip(ranks, dkeys))
+                size += packed_size(value[1])
         self.group_bytes.update(size)
         for value in values:  # pass 2: the documents, one batch at a time
             if value[0] != "docs":
                 continue
-            _, ranks, dkeys, packed = value
-            for r, dkey, doc in zip(ranks, dkeys, unpack_documents(packed)):
-                duplicate_of = kept_by.get(tuple(r))
+            for (r, dkey), doc in unpack_documents(value[1]):
+                duplicate_of = kept_by.get(r)
                 if duplicate_of is None:
                     yield dkey, doc
                 else:

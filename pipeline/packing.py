@@ -1,17 +1,29 @@
-"""How documents and tokens cross a shuffle: in batches, compressed with zstd (level 1), one frame per batch.
+"""How documents and tokens cross a shuffle: in batches, each batch as two zstd frames (level 1).
 
-An element is a batch of documents (pack_documents) or of token sequences (pack_token_batch). A batch's texts
-share one frame: fewer calls into the compressor than a frame per document, and a frame that sees the repeats
-across documents, so it is smaller too.
+An element is a batch of keyed documents (pack_documents) or of token sequences (pack_token_batch), packed as
+(index frame, payload frame):
+
+    index frame     the batch's per-document fields, pickled: each document's key (what the step after the
+                    shuffle decides on: a dedup key and rank, a document key), the byte length of its payload and,
+                    for documents, id, source, derived_id, url and language
+    payload frame   the batch's texts (UTF-8) or token bytes, concatenated
+
+The step after the shuffle reads every index frame first (dedup decides which copy of a text stays, the shard
+writer orders a shard) and decompresses one payload frame at a time. Pickle, because both frames are written
+and read only by this job's own workers (as Beam's own fallback coder does), and it is the fastest way Python
+has to serialize lists of strings.
 
 Every kept document crosses the dedup shuffle and every token the write shuffle, so their size is what the
 runner holds (the local runner keeps a grouped stage's input in its memory and hands each worker its share)
-and what a Dataflow shuffle bills. Level 1 because each element is compressed once and decompressed once: a
-higher level costs more CPU than the bytes it saves. Token ids compress much better in one frame per batch
-of documents than one per document, for the same reason.
+and what a Dataflow shuffle bills. The per-document fields are compressed too: source paths repeat and keys
+are hex, so uncompressed they would outweigh the compressed texts of short documents. One frame per batch:
+fewer calls into the compressor than a frame per document, and a frame that sees the repeats across
+documents, so it is smaller too. Level 1 because each element is compressed once and decompressed once: a
+higher level costs more CPU than the bytes it saves.
 """
 from __future__ import annotations
 
+import pickle
 import threading
 
 import zstandard
@@ -27,6 +39,14 @@ def _zstd():
     return _ZSTD
 
 
+def _index_frame(fields) -> bytes:
+    return _zstd().compressor.compress(pickle.dumps(fields, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _read_index(frame: bytes):
+    return pickle.loads(_zstd().decompressor.decompress(frame))
+
+
 # Bytes (token bytes, or characters of text) a worker may hold in open batches, over all the groups it batches
 # for: with many groups each batch is smaller (down to MIN_BATCH_BYTES), so a worker's memory does not grow with
 # the number of groups.
@@ -39,52 +59,54 @@ def batch_limit(groups: int) -> int:
     return max(MIN_BATCH_BYTES, min(MAX_BATCH_BYTES, OPEN_BATCHES_BYTES // max(groups, 1)))
 
 
-PackedDocuments = tuple[list, list[int], bytes]
+Packed = tuple[bytes, bytes]  # (index frame, payload frame)
 
 
-def pack_documents(docs: list[Document]) -> PackedDocuments:
-    """Documents as they cross a shuffle together: ([(id, source, derived_id, url, language)], the UTF-8 length
-    of each text, one zstd frame of all texts)."""
+def pack_documents(keys: list, docs: list[Document]) -> Packed:
+    """Documents with one key each (any picklable value, e.g. (dedup key, rank)), as they cross a shuffle."""
     texts = [d.text.encode("utf-8") for d in docs]
-    blob = _zstd().compressor.compress(b"".join(texts))
-    return [(d.id, d.source, d.derived_id, d.url, d.language) for d in docs], list(map(len, texts)), blob
+    fields = [(d.id, d.source, d.derived_id, d.url, d.language) for d in docs]
+    return _index_frame((keys, list(map(len, texts)), fields)), _zstd().compressor.compress(b"".join(texts))
 
 
-def unpack_documents(packed: PackedDocuments) -> list[Document]:
-    metas, lengths, blob = packed
-    data, docs, start = _zstd().decompressor.decompress(blob), [], 0
-    for (doc_id, source, derived_id, url, language), n in zip(metas, lengths):
-        docs.append(Document(id=doc_id, text=data[start:start + n].decode("utf-8"), source=source,
-                             derived_id=derived_id, url=url, language=language))
+def document_keys(packed: Packed) -> list:
+    """The keys of a packed batch of documents, in order, without decompressing its texts."""
+    return _read_index(packed[0])[0]
+
+
+def unpack_documents(packed: Packed) -> list[tuple[object, Document]]:
+    """[(key, Document)] of a packed batch, in the order they were packed."""
+    keys, lengths, fields = _read_index(packed[0])
+    data, out, start = _zstd().decompressor.decompress(packed[1]), [], 0
+    for key, n, (doc_id, source, derived_id, url, language) in zip(keys, lengths, fields):
+        out.append((key, Document(id=doc_id, text=data[start:start + n].decode("utf-8"), source=source,
+                                  derived_id=derived_id, url=url, language=language)))
         start += n
-    return docs
+    return out
 
 
-def documents_size(packed: PackedDocuments) -> int:
-    """Bytes of packed documents as they cross a shuffle (their strings, 8 per flag and per length, the
-    compressed texts, without the coder's framing): what the dedup group-size metric adds up."""
-    metas, lengths, blob = packed
-    return sum(len(i) + len(s) + 8 + len(u) + len(lang) for i, s, _, u, lang in metas) + 8 * len(lengths) + len(blob)
+def packed_size(packed: Packed) -> int:
+    """Bytes of a packed batch (documents or tokens) as it crosses a shuffle, without the coder's framing: what
+    the group-size metrics add up."""
+    return len(packed[0]) + len(packed[1])
 
 
-def pack_token_batch(items: list[tuple[tuple[str, str], bytes]]) -> tuple[list, list[int], bytes]:
-    """A batch of ((document_key, dedup_key), token bytes) as it crosses the shard shuffle: the keys, the byte
-    length of each document's tokens (both uncompressed, so the shard writer can order a shard without its
-    tokens), and all tokens in one zstd frame."""
-    blob = _zstd().compressor.compress(b"".join(b for _, b in items))
-    return [k for k, _ in items], [len(b) for _, b in items], blob
+def pack_token_batch(items: list[tuple[tuple[str, str], bytes]]) -> Packed:
+    """A batch of ((document_key, dedup_key), token bytes) as it crosses the shard shuffle."""
+    index = ([k for k, _ in items], [len(b) for _, b in items])
+    return _index_frame(index), _zstd().compressor.compress(b"".join(b for _, b in items))
 
 
-def token_batch_size(packed: tuple[list, list[int], bytes]) -> int:
-    """Bytes of a packed token batch as it crosses a shuffle (its keys, 8 per length, the compressed tokens)."""
-    keys, lengths, blob = packed
-    return sum(len(a) + len(b) for a, b in keys) + 8 * len(lengths) + len(blob)
+def token_batch_index(packed: Packed) -> tuple[list[tuple[str, str]], list[int]]:
+    """(keys, byte length of each document's tokens) of a packed token batch, without decompressing its tokens:
+    what the shard writer orders a shard by."""
+    return _read_index(packed[0])
 
 
-def unpack_token_batch(packed: tuple[list, list[int], bytes]) -> list[tuple[tuple[str, str], bytes]]:
-    keys, lengths, blob = packed
-    data, items, start = _zstd().decompressor.decompress(blob), [], 0
+def unpack_token_batch(packed: Packed) -> list[tuple[tuple[str, str], bytes]]:
+    keys, lengths = _read_index(packed[0])
+    data, items, start = _zstd().decompressor.decompress(packed[1]), [], 0
     for key, n in zip(keys, lengths):
-        items.append((tuple(key), data[start:start + n]))
+        items.append((key, data[start:start + n]))
         start += n
     return items

@@ -40,7 +40,7 @@ from pipeline import files
 from pipeline.files import is_remote
 from pipeline.counters import COUNTER_NAMESPACE, GROUP_METRICS
 from pipeline.layout import RUNS_DIR, SPLITS, is_run_file, run_path, shard_path
-from pipeline.packing import token_batch_size, unpack_token_batch
+from pipeline.packing import packed_size, token_batch_index, unpack_token_batch
 from pipeline.progress import WRITE
 from pipeline.progress_dofn import ReportingDoFn
 from pipeline.runs import merge_runs, read_run, write_run
@@ -76,20 +76,20 @@ def in_key_order(batches, measure=None) -> Iterator[tuple[tuple[str, str], bytes
     """Every document of a group's packed batches (pack_token_batch) as ((document_key, dedup_key), token bytes),
     in that key order: the order that makes a shard the same whatever the number of workers.
 
-    ``batches`` is iterated twice and never held: first for the keys and lengths (which travel uncompressed),
-    then for the compressed tokens, one batch at a time. Runners that page a large group's values from their
+    ``batches`` is iterated twice and never held: first for the keys and lengths (each batch's index frame),
+    then for the tokens, one batch at a time. Runners that page a large group's values from their
     shuffle (Dataflow) then never put a group's tokens in memory at once, and neither does this function: each
     document's tokens are first written at their final offset in an anonymous temporary file (the worker's
     local disk, one group's tokens at most), batch by batch, then read back in order. ``measure``, when given,
-    is called in the first pass with the size in bytes of each batch (pipeline.packing.token_batch_size).
+    is called in the first pass with the size in bytes of each batch (pipeline.packing.packed_size).
     """
     lengths, order = [], []
     for b, batch in enumerate(batches):  # pass 1: keys and lengths only
-        keys, batch_lengths, _ = batch
+        keys, batch_lengths = token_batch_index(batch)
         if measure is not None:
-            measure(token_batch_size(batch))
-        lengths.append(list(batch_lengths))
-        order.extend((tuple(key), b, i) for i, key in enumerate(keys))
+            measure(packed_size(batch))
+        lengths.append(batch_lengths)
+        order.extend((key, b, i) for i, key in enumerate(keys))
     order.sort()
     for a, c in zip(order, order[1:]):
         if a[0] == c[0]:  # their order in the shard would depend on the runner: fail rather than write it

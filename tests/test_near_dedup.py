@@ -24,6 +24,7 @@ from pipeline.documents import Document, dedup_key, document_key  # noqa: E402
 from pipeline.minhash import NearDedupConfig, band_keys, signature  # noqa: E402
 from pipeline.input_groups import InputGroups  # noqa: E402
 from pipeline.near_dedup import NearDedup  # noqa: E402
+from pipeline.packing import document_keys  # noqa: E402
 from pipeline.prepare import pipeline_options  # noqa: E402
 
 CFG = NearDedupConfig()
@@ -355,7 +356,7 @@ def test_sign_sends_a_repeated_band_key_once_per_bundle():
     for o in outputs:
         tag, value = (o.tag, o.value) if isinstance(o, beam.pvalue.TaggedOutput) else ("docs", o)
         tagged[tag].append(getattr(value, "value", value))  # finish_bundle's outputs are windowed
-    assert sum(len(ranks) for _, (kind, ranks, _, _) in tagged["docs"]) == 1000  # every document, in batches per bucket
+    assert sum(len(document_keys(packed)) for _, (kind, packed) in tagged["docs"]) == 1000  # every document, in batches per bucket
     assert len(tagged["docs"]) < 1000
     page_keys = set(band_keys(signature(page, CFG), CFG))
     sent = [k for k, _ in tagged["bands"] if k in page_keys]

@@ -6,6 +6,7 @@ manifest_stage) and their pure helpers: helpers without a runner, composite tran
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -31,8 +32,8 @@ from pipeline.filter_stage import ParseRecords, QualityFilter, _ParseFn, _Qualit
 from pipeline.filters import FilterConfig  # noqa: E402
 from pipeline.layout import RUNS_DIR, shard_path  # noqa: E402
 from pipeline.manifest_stage import build_manifest  # noqa: E402
-from pipeline.packing import (batch_limit, pack_documents, pack_token_batch, unpack_documents,  # noqa: E402
-                              unpack_token_batch)
+from pipeline.packing import (batch_limit, document_keys, pack_documents, pack_token_batch,  # noqa: E402
+                              packed_size, token_batch_index, unpack_documents, unpack_token_batch)
 from pipeline.read import JSON_LINE, READ_ERROR, TEXT_FILE, VALUE, ReadFiles, input_format, iter_lines  # noqa: E402
 from pipeline.rejected import WriteRejected, _FormatRejectedFn, encode_lines, rejected_line  # noqa: E402
 from pipeline.shards import ShardReader  # noqa: E402
@@ -156,16 +157,32 @@ def test_packed_documents_round_trip_smaller():
     docs = [Document(id="a", text="Ünïcode text, tabs\tand\nnew lines. " * 40, source="f.jsonl:1"),
             Document(id="f.txt", text="x", source="f.txt", derived_id=True),
             Document(id="w", text="y", source="c.warc.wet.gz", url="https://a.example/", language="en")]
-    packed = pack_documents(docs)
-    assert unpack_documents(packed) == docs
-    assert len(packed[-1]) < len(docs[0].text.encode("utf-8")) / 4  # repetitive text: zstd shrinks it
-    assert unpack_documents(pack_documents([])) == []
+    keys = [("k1", ("id:a", "f.jsonl:1")), ("k2", ("sha256:0f", "f.txt")), ("k3", ("id:w", "c.warc.wet.gz"))]
+    packed = pack_documents(keys, docs)
+    assert unpack_documents(packed) == list(zip(keys, docs))
+    assert document_keys(packed) == keys
+    assert len(packed[1]) < len(docs[0].text.encode("utf-8")) / 4  # repetitive text: zstd shrinks it
+    assert unpack_documents(pack_documents([], [])) == []
+
+
+def test_packed_fields_are_compressed_too():
+    """Short documents from long paths: the keys, ranks and sources of a batch, compressed with it, take a
+    fraction of their raw size (they would otherwise outweigh the compressed texts)."""
+    docs = [Document(id=f"doc-{i}", text=f"short text number {i}.", source=f"/data/crawl/2026-10/part-00017.jsonl:{i}")
+            for i in range(2000)]
+    keys = [(hashlib.sha256(d.text.encode()).hexdigest(), ("id:" + d.id, d.source)) for d in docs]
+    raw_fields = sum(len(k) + len(r[0]) + len(r[1]) + len(d.id) + len(d.source) for (k, r), d in zip(keys, docs))
+    packed = pack_documents(keys, docs)
+    assert len(packed[0]) < raw_fields / 3
+    assert packed_size(packed) == len(packed[0]) + len(packed[1])
 
 
 def test_packed_token_batches_round_trip():
     items = [(("id:a", "k1"), np.arange(500, dtype=np.uint16).tobytes()), (("sha256:b", "k2"), b""),
              (("id:c", "k3"), np.array([7, 7, 2], np.uint16).tobytes())]
-    assert unpack_token_batch(pack_token_batch(items)) == items
+    packed = pack_token_batch(items)
+    assert unpack_token_batch(packed) == items
+    assert token_batch_index(packed) == ([k for k, _ in items], [1000, 0, 6])
 
 
 def test_in_key_order_gives_every_documents_tokens_sorted_by_key(tmp_path, monkeypatch):
@@ -213,11 +230,11 @@ def test_in_key_order_holds_one_batch_of_tokens_at_a_time():
 
         def __iter__(self):
             for batch in items:
-                keys, lengths, blob = pack_token_batch(batch)
+                index, blob = pack_token_batch(batch)
                 blob = Blob(blob)
                 live[0] += 1
                 made[0] += 1
-                yield keys, lengths, blob
+                yield index, blob
                 del blob
                 gc.collect()
                 assert live[0] <= 1  # the consumer holds at most the batch it was last given

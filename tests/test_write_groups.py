@@ -19,7 +19,7 @@ from apache_beam.testing.util import assert_that, equal_to  # noqa: E402
 from pipeline.counters import COUNTER_NAMESPACE, EXACT_DUPLICATE, GROUP_METRICS  # noqa: E402
 from pipeline.dedup import ExactDedup  # noqa: E402
 from pipeline.documents import Document, dedup_key  # noqa: E402
-from pipeline.packing import documents_size, pack_documents  # noqa: E402
+from pipeline.packing import pack_documents, packed_size  # noqa: E402
 from pipeline.runs import merge_runs, read_run, write_run  # noqa: E402
 from pipeline.write import plan_parts  # noqa: E402
 
@@ -104,8 +104,8 @@ def test_a_text_repeated_thousands_of_times_is_never_one_group(beam_pipeline, ma
     result.wait_until_finish()
     dist = _distribution(result, "dedup")
     assert dist.count <= 4
-    one_copy = documents_size(pack_documents([docs[0]])) + 100
-    everything_else = sum(documents_size(pack_documents([d])) for d in docs if d.text != hot) + 100 * others
+    one_copy = packed_size(pack_documents([("k", ("id", "s"))], [docs[0]])) + 100
+    everything_else = sum(packed_size(pack_documents([("k", ("id", "s"))], [d])) for d in docs if d.text != hot) + 100 * others
     assert dist.max < everything_else + 20 * one_copy  # far from 2,000 copies
 
 

@@ -3,8 +3,8 @@
 The Beam glue of the pure rules in pipeline.documents (parsing: invalid_utf8, malformed_record, empty,
 nul_bytes; a READ_ERROR record becomes unreadable_file), pipeline.filters (the Gopher quality and repetition
 rules), pipeline.c4_rules (C4's line edits and document rules) and pipeline.fineweb_rules. Each stage returns
-(passed, rejected) (QualityFilter also its edit counts): every input element becomes exactly one of the two,
-which is what lets the manifest check read == kept + rejected.
+(passed, rejected) (ParseRecords also how many records it read, QualityFilter its edit counts): every input
+element becomes exactly one of the two, which is what lets the manifest check read == kept + rejected.
 
 With a ``progress_dir`` (local runs) both stages also report their counts through pipeline.progress: "parse"
 (records, rejected) and "filter" (passed, rejected).
@@ -29,17 +29,28 @@ from pipeline.progress_dofn import ReportingDoFn
 from pipeline.read import JSON_LINE, RAW_KINDS, READ_ERROR, TEXT_FILE, VALUE
 
 
+RECORDS = "records"  # the tagged output of _ParseFn: how many raw records a bundle parsed
+
+
 class _ParseFn(ReportingDoFn):
-    """Raw records (kind, source, payload, id, url) of pipeline.read -> Documents | tagged Rejections."""
+    """Raw records (kind, source, payload, id, url) of pipeline.read -> Documents | tagged Rejections; the number
+    of records of each bundle, tagged RECORDS.
+
+    Counted here, once per bundle, rather than by a counting transform on the raw records: that would be one
+    more step of the runner for every record of the corpus."""
 
     def __init__(self, text_field: str, id_field: str, progress_dir: str | None = None, url_field: str = "url"):
         super().__init__(progress_dir)
         self.text_field, self.id_field, self.url_field = text_field, id_field, url_field
         self.read = Metrics.counter(COUNTER_NAMESPACE, "read")
+        self._records = 0
+
+    def start_bundle(self):
+        self._records = 0
 
     def process(self, record):
         kind, source, payload, doc_id, url = record
-        self.read.inc()
+        self._records += 1
         if kind == JSON_LINE:
             out = documents.parse_json_line(payload, source, self.text_field, self.id_field, self.url_field)
         elif kind == TEXT_FILE:
@@ -55,9 +66,17 @@ class _ParseFn(ReportingDoFn):
         self._progress.add(PARSE, records=1, rejected=int(rejected))
         yield beam.pvalue.TaggedOutput("rejected", out) if rejected else out
 
+    def finish_bundle(self):
+        if self._records:
+            self.read.inc(self._records)
+            yield in_global_window(beam.pvalue.TaggedOutput(RECORDS, self._records))
+        self._records = 0
+        super().finish_bundle()
+
 
 class ParseRecords(beam.PTransform):
-    """raw records -> (Documents, Rejections). Every raw record becomes exactly one of the two.
+    """raw records -> (Documents, Rejections, record counts). Every raw record becomes exactly one of the two;
+    the counts (one per bundle) sum to the number of raw records.
 
     ``url_field``: the JSONL key of the page URL (Parquet and dataset rows bring theirs in the raw record)."""
 
@@ -69,8 +88,8 @@ class ParseRecords(beam.PTransform):
 
     def expand(self, records):
         fn = _ParseFn(self.text_field, self.id_field, self.progress_dir, self.url_field)
-        out = records | "Parse" >> beam.ParDo(fn).with_outputs("rejected", main="documents")
-        return out.documents, out.rejected
+        out = records | "Parse" >> beam.ParDo(fn).with_outputs("rejected", RECORDS, main="documents")
+        return out.documents, out.rejected, out[RECORDS]
 
 
 class _QualityFn(ReportingDoFn):

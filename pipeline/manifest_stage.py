@@ -79,22 +79,23 @@ class _WriteManifestFn(beam.DoFn):
 class WriteManifest(beam.PTransform):
     """PBegin -> [manifest]: runs after every shard, the tokenizer and the rejected files are in place.
 
-    ``reason_counts`` are (reason, count) pairs (of every WriteRejected, per bundle, flattened: a reason may
+    ``record_counts`` are the numbers of raw records parsed (ParseRecords, one per bundle); ``reason_counts`` are
+    (reason, count) pairs (of every WriteRejected, per bundle, flattened: a reason may
     appear many times); ``rejected_files`` the names returned by every WriteRejected; ``edit_counts``
     (edit, count) pairs of the stages that edit text; ``language_counts`` (language, (documents, tokens)) pairs
     of the tokenize stage. A name may appear many times in each: they are summed here.
     """
 
-    def __init__(self, output_dir: str, config: dict, records, reason_counts, shard_stats, tokenizer, rejected_files,
-                 edit_counts, language_counts):
+    def __init__(self, output_dir: str, config: dict, record_counts, reason_counts, shard_stats, tokenizer,
+                 rejected_files, edit_counts, language_counts):
         super().__init__()
         self.output_dir, self.config = output_dir, config
-        self.records, self.reason_counts, self.shard_stats = records, reason_counts, shard_stats
+        self.record_counts, self.reason_counts, self.shard_stats = record_counts, reason_counts, shard_stats
         self.tokenizer, self.rejected_files = tokenizer, rejected_files
         self.edit_counts, self.language_counts = edit_counts, language_counts
 
     def expand(self, pbegin):
-        read = self.records | "CountRead" >> beam.combiners.Count.Globally()
+        read = self.record_counts | "SumRead" >> beam.CombineGlobally(sum)
         per_reason = self.reason_counts | "SumPerReason" >> beam.CombinePerKey(sum)
         per_edit = self.edit_counts | "SumPerEdit" >> beam.CombinePerKey(sum)
         per_language = self.language_counts | "SumPerLanguage" >> beam.CombinePerKey(_sum_pairs)

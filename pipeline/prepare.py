@@ -512,8 +512,8 @@ def build_pipeline(p, args, stages: Stages, sizes: dict[str, int], hf_rows: int,
             url_field=args.url_field))
     records = tuple(sources) | "AllRecords" >> beam.Flatten()
 
-    docs, unparsable = records | "ParseRecords" >> ParseRecords(args.text_field, args.id_field, progress,
-                                                                url_field=args.url_field)
+    docs, unparsable, record_counts = records | "ParseRecords" >> ParseRecords(
+        args.text_field, args.id_field, progress, url_field=args.url_field)
     dropping = [("parse", unparsable)]  # (stage, Rejections): each writes rejected/STAGE-*.jsonl.gz
     edits = []  # (edit, count) PCollections of the stages that change text
     if stages.blocklist is not None:
@@ -559,7 +559,7 @@ def build_pipeline(p, args, stages: Stages, sizes: dict[str, int], hf_rows: int,
     rejected_files = files | "AllRejectedFiles" >> beam.Flatten()
     reason_counts = counts | "AllReasonCounts" >> beam.Flatten()
     edit_counts = edits | "AllEditCounts" >> beam.Flatten() if edits else p | "NoEdits" >> beam.Create([])
-    _ = p | "WriteManifest" >> WriteManifest(out, config, records, reason_counts, shard_stats, tokenizer,
+    _ = p | "WriteManifest" >> WriteManifest(out, config, record_counts, reason_counts, shard_stats, tokenizer,
                                              rejected_files, edit_counts, language_counts)
 
 

@@ -249,7 +249,7 @@ def test_read_parse_filter_report_on_fnapi_runner(tmp_path, make_text, write_jso
     sizes = {p: os.path.getsize(p) for p in paths}
     with beam_pipeline() as p:
         records = p | ReadFiles(paths, sizes=sizes, progress_dir=progress)
-        docs, _ = records | ParseRecords(progress_dir=progress)
+        docs, _, _ = records | ParseRecords(progress_dir=progress)
         _ = docs | QualityFilter(FilterConfig(), None, None, progress_dir=progress)
     # 9 raw records: 6 + 2 lines, and the broken file's READ_ERROR; "not json" and the error are rejected at
     # parsing, "too short" by the filters.

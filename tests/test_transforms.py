@@ -356,7 +356,8 @@ def test_parse_filter_dedup_stages(make_text, beam_pipeline):
         (READ_ERROR, "x.gz", "cannot read x.gz", None, None),
     ]
     with beam_pipeline() as p:
-        docs, bad = p | beam.Create(records) | ParseRecords()
+        docs, bad, counts = p | beam.Create(records) | ParseRecords()
+        assert_that(counts | beam.CombineGlobally(sum), equal_to([len(records)]), label="records")
         kept, low, _ = docs | QualityFilter(FilterConfig(), None, None)
         unique, early, dups = kept | ExactDedup()
         rejected = (bad, low, early, dups) | beam.Flatten()

@@ -426,7 +426,7 @@ def test_wet_jsonl_and_parquet_urls_reach_the_documents(tmp_path, write_jsonl, b
     paths = sorted(str(p) for p in tmp_path.iterdir())
 
     with beam_pipeline() as p:
-        docs, rejected = (p | ReadFiles(paths, url_field="link") | ParseRecords(url_field="link"))
+        docs, rejected, _ = (p | ReadFiles(paths, url_field="link") | ParseRecords(url_field="link"))
         assert_that(docs | beam.Map(lambda d: (d.id, d.source, d.url, d.text)), equal_to(
             [(uri, f"{tmp_path}/{name}", uri, text.replace("\r\n", "\n")) for (uri, text), name in zip(PAGES[:5], (
                 "a.warc.wet.gz:2", "a.warc.wet.gz:3", "a.warc.wet.gz:4", "a.warc.wet.gz:5", "b.wet.gz:2"))]
@@ -441,7 +441,7 @@ def test_wet_jsonl_and_parquet_urls_reach_the_documents(tmp_path, write_jsonl, b
 
     # The Parquet url column is read under its own name: with the default --url-field it reaches the document.
     with beam_pipeline() as p:
-        docs, _ = p | ReadFiles([str(tmp_path / "e.parquet")]) | ParseRecords()
+        docs, _, _ = p | ReadFiles([str(tmp_path / "e.parquet")]) | ParseRecords()
         assert_that(docs | beam.Map(lambda d: d.url), equal_to(["http://p.example.com/x"]))
 
 

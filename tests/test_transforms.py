@@ -260,7 +260,7 @@ def test_in_key_order_holds_one_batch_of_tokens_at_a_time():
 
 def test_rejected_lines_are_utf8_even_with_surrogates():
     line = rejected_line(Rejection(id="a\udc80", source="f\udcff.txt", reason="invalid_utf8", text="x"))
-    assert '"reason": "invalid_utf8"' in line
+    assert b'"reason":"invalid_utf8"' in line
     block = encode_lines([line, rejected_line(Rejection(id="b", source="ok", reason="empty", text=""))])
     records = [json.loads(x) for x in block.decode("utf-8").splitlines()]  # strict UTF-8: would raise
     # The escape "\\udc80" is JSON's own: the record reads back with the name as it was.

@@ -204,8 +204,8 @@ def _lines(text: str):
 _WORD, _ALPHA, _STOP, _LENGTH_SHIFT = 1, 2, 4, 3  # bits of a token's class code, then its length
 # Tokens the cache holds before it starts over (keys of at most 64 characters, so a few MB at most). A corpus
 # keeps bringing new distinct tokens (names, numbers, typos) while most of its tokens come from a small
-# vocabulary: a cache that starts over still hits on nearly every token, and a larger one would save a few
-# misses for memory that a worker needs more (benchmarks/RESULTS.md, the token-class cache).
+# vocabulary: a cache that starts over still hits on nearly every token, and a larger one saves a few misses
+# but no measurable time, for memory that a worker needs more.
 _CLASS_CACHE_SIZE = 1 << 16
 
 

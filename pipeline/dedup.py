@@ -11,8 +11,8 @@ and so that the shuffle moves a few large elements rather than one per document:
                 copies are rejected on the spot too. What leaves the window is batched per bucket, a hash of the
                 dedup_key into ``buckets`` buckets, chosen from the input size so that a bucket's group stays
                 under the bound (pipeline.prepare), and each batch is compressed together, its keys and ranks
-                apart from its texts (pipeline.packing.pack_documents). A text crosses the shuffle at most once per bundle once it
-                is hot, and at most once per window before, instead of once per copy.
+                apart from its texts (pipeline.packing.pack_documents). A text crosses the shuffle at most
+                once per bundle once it is hot, and at most once per window before, instead of once per copy.
     Decide      per bucket: the smallest rank of each dedup_key in the group (first pass, over keys and ranks
                 only), then each document stays if it has that rank, else it is an exact_duplicate (second
                 pass, one batch decompressed at a time). Holds one dict entry per distinct text of the bucket

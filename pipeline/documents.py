@@ -171,11 +171,9 @@ def parse_json_line(raw: bytes, source: str, text_field: str = "text", id_field:
     record = _fast_record(raw, id_field)
     if record is None:
         try:
-            line = raw.decode("utf-8")
+            line = _line(raw)
         except UnicodeDecodeError:
             return Rejection(id=source, source=source, reason=INVALID_UTF8, text=_escaped_bytes(raw))
-        if line.startswith("\ufeff"):
-            line = line[1:]
         if not line or line.isspace():
             return Rejection(id=source, source=source, reason=EMPTY, text="")
         try:
@@ -197,7 +195,7 @@ def parse_json_line(raw: bytes, source: str, text_field: str = "text", id_field:
 
 
 def _line(raw: bytes) -> str:
-    """A line that parsed as JSON, as text for its rejection (valid UTF-8; a leading byte-order mark dropped)."""
+    """A JSONL line as text, without a leading byte-order mark (UnicodeDecodeError when it is not UTF-8)."""
     line = raw.decode("utf-8")
     return line[1:] if line.startswith("\ufeff") else line
 

@@ -79,11 +79,11 @@ class _WriteManifestFn(beam.DoFn):
 class WriteManifest(beam.PTransform):
     """PBegin -> [manifest]: runs after every shard, the tokenizer and the rejected files are in place.
 
-    ``record_counts`` are the numbers of raw records parsed (ParseRecords, one per bundle); ``reason_counts`` are
-    (reason, count) pairs (of every WriteRejected, per bundle, flattened: a reason may
-    appear many times); ``rejected_files`` the names returned by every WriteRejected; ``edit_counts``
-    (edit, count) pairs of the stages that edit text; ``language_counts`` (language, (documents, tokens)) pairs
-    of the tokenize stage. A name may appear many times in each: they are summed here.
+    ``record_counts`` are the numbers of raw records parsed (ParseRecords, one per bundle); ``reason_counts``
+    are (reason, count) pairs (of every WriteRejected, per bundle, flattened: a reason may appear many times);
+    ``rejected_files`` the names returned by every WriteRejected; ``edit_counts`` (edit, count) pairs of the
+    stages that edit text; ``language_counts`` (language, (documents, tokens)) pairs of the tokenize stage. A
+    name may appear many times in each: they are summed here.
     """
 
     def __init__(self, output_dir: str, config: dict, record_counts, reason_counts, shard_stats, tokenizer,

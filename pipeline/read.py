@@ -74,8 +74,8 @@ def input_format(path: str, forced: str = "auto") -> str:
 @contextmanager
 def open_input(path: str) -> Iterator[BinaryIO]:
     """An input file's bytes, decompressed by its extension. gzip (.gz, .gzip; several members read as one
-    stream) is undone here by ISA-L's igzip, which reads gzip at about twice zlib's speed, from the file as
-    FileSystems stores it; the other compressions by FileSystems itself."""
+    stream) is undone here by ISA-L's igzip, which reads gzip faster than zlib, from the file as FileSystems
+    stores it; the other compressions by FileSystems itself."""
     if path.lower().endswith(_GZIP_SUFFIXES):
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
             with igzip.IGzipFile(fileobj=raw, mode="rb") as f:

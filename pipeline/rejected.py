@@ -13,8 +13,8 @@ import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
-import orjson
 from isal import igzip
+import orjson
 
 from pipeline import documents
 from pipeline.bundles import in_global_window

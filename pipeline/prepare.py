@@ -63,6 +63,7 @@ from pipeline.c4_rules import C4Config
 from pipeline.files import is_remote, list_tree, remove_listed
 from pipeline.filters import FilterConfig
 from pipeline.fineweb_rules import FineWebConfig
+from pipeline.gc_freeze import frozen_run
 from pipeline.language import LanguageConfig, model_info
 from pipeline.minhash import NearDedupConfig
 from pipeline.manifest import MANIFEST_NAME, load_manifest
@@ -652,6 +653,7 @@ def prepare(argv: list[str] | None = None) -> Outcome:
             stack.enter_context(ProgressPrinter(progress_dir, len(files), sum(sizes.values())))
         p = beam.Pipeline(runner=runner, options=options)
         build_pipeline(p, args, stages, sizes, hf_rows, given, config, groups, buckets, progress_dir, input_groups)
+        stack.enter_context(frozen_run())  # the imports and the graph, out of the collector's way (gc_freeze)
         result = p.run()
         result.wait_until_finish()
     largest, counts = group_metrics(result)

@@ -178,12 +178,12 @@ def run_prepare(files_glob: str, out: str, model_path: str, workers: int, extra:
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "pipeline.prepare", "--input", files_glob, "--output", out,
            "--tokenizer", model_path, "--train-shards", str(train_shards), "--val-shards", "1", *extra]
-    if group_mb is not None and tree is None:
+    if group_mb is not None:
         cmd += ["--max-group-mb", str(group_mb), "--no-progress"]
-    if tree is None:
-        # This benchmark's workload: the Gopher rules, exact dedup, tokenizing and shards (the corpus-quality
-        # stages have benchmarks of their own: bench_fineweb, bench_minhash, bench_language, bench_rules).
-        cmd += ["--rules", "gopher", "--no-language-id", "--no-near-dedup"]
+    # This benchmark's workload, for a baseline checkout too: the Gopher rules, exact dedup, tokenizing and shards
+    # (the corpus-quality stages have benchmarks of their own: bench_fineweb, bench_minhash, bench_language,
+    # bench_rules).
+    cmd += ["--rules", "gopher", "--no-language-id", "--no-near-dedup"]
     if workers > 1:
         cmd += ["--direct_num_workers", str(workers), "--direct_running_mode", "multi_processing"]
     repo = tree or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -300,7 +300,8 @@ def main(argv=None) -> None:
                       f"{res['groups']} | {res['summary']}", flush=True)
             if args.baseline_tree:
                 base = run_prepare(glob_, os.path.join(args.work, f"out-{size}-baseline"), model_path, 2,
-                                   train_shards=shards, tree=os.path.abspath(args.baseline_tree))
+                                   train_shards=shards, tree=os.path.abspath(args.baseline_tree),
+                                   group_mb=args.group_mb)
                 row["base2"] = base
                 print(f"{size} MB pipeline, 2 workers, baseline tree: {base['seconds']:.1f} s, peak RSS launcher "
                       f"{base['rss_main_mb']:.0f} MB, worker {base['rss_worker_mb']:.0f} MB, byte-identical shards: "

@@ -1,9 +1,9 @@
 """Keep the objects a data-preparation process holds for its whole run out of Python's cyclic garbage collector.
 
-A process running the pipeline first imports Beam and its dependencies (a couple of hundred thousand container
+A process running the pipeline first imports Beam and its dependencies (hundreds of thousands of container
 objects: functions, dicts, types, module state), and the launcher adds the pipeline's graph. None of them is
-garbage before the run ends, yet every full (generation 2) collection walks all of them, a run triggers one
-every few MB of documents, and a worker's interpreter walks them again while it exits. ``gc.freeze()`` moves
+garbage before the run ends, yet every full (generation 2) collection walks all of them, a long run triggers
+many, and a worker's interpreter walks them again while it exits. ``gc.freeze()`` moves
 every object alive at that moment into the permanent generation, which the collector skips; objects made later
 are collected as usual. Reference counting still frees a frozen object as soon as nothing uses it: the only
 cost is that a frozen object which later becomes part of an unreachable cycle stays in memory until

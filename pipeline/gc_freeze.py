@@ -24,7 +24,6 @@ import os
 from contextlib import contextmanager
 from typing import Iterator
 
-_worker_frozen = False  # this process froze as a worker (once is enough: later objects are the run's own)
 
 
 @contextmanager
@@ -41,9 +40,8 @@ def frozen_run() -> Iterator[None]:
 
 
 def freeze_worker(built_in_pid: int) -> None:
-    """Freeze once if this process is not ``built_in_pid``, the process that built the pipeline (there,
-    :func:`frozen_run` covers the run). A remote worker whose pid happens to match only misses the saving."""
-    global _worker_frozen
-    if not _worker_frozen and os.getpid() != built_in_pid:
+    """Freeze if this process is not ``built_in_pid``, the process that built the pipeline (there,
+    :func:`frozen_run` covers the run), and nothing is frozen yet: once per worker is enough, later objects are
+    the run's own. A remote worker whose pid happens to match only misses the saving."""
+    if not gc.get_freeze_count() and os.getpid() != built_in_pid:
         gc.freeze()
-        _worker_frozen = True

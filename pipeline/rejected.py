@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 
 import apache_beam as beam
+import orjson
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from isal import igzip
-import orjson
 
 from pipeline import documents
 from pipeline.bundles import in_global_window

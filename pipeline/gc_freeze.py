@@ -25,7 +25,6 @@ from contextlib import contextmanager
 from typing import Iterator
 
 
-
 @contextmanager
 def frozen_run() -> Iterator[None]:
     """Freeze for the duration of the block, then unfreeze; does nothing if the process already froze objects."""
